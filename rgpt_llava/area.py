@@ -1,0 +1,21 @@
+"""Exact area weights between two 1-D pixel grids covering the same extent.
+
+Used wherever a mask changes resolution (image geometry and mask pooling) so that a region keeps exactly the share of
+each output cell it covers, whatever the ratio of the two sizes (336 -> 96 is 3.5 pixels per cell).
+"""
+import torch
+
+
+def area_weights(src_len: int, dst_len: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Matrix ``W`` of shape ``[dst_len, src_len]``: ``W[i, j]`` is the fraction of destination cell ``i`` covered by
+    source cell ``j`` (both grids span ``[0, 1]``). Rows sum to 1, so ``W @ v`` is the area-weighted average of ``v``
+    over each destination cell: downsampling averages, upsampling repeats (fractionally at cell borders)."""
+    if src_len <= 0 or dst_len <= 0:
+        raise ValueError(f"area_weights needs positive sizes, got src_len={src_len}, dst_len={dst_len}")
+    # Work in units of 1 / (src_len * dst_len) so every border is an integer: exact overlaps, no rounding.
+    src_edges = torch.arange(src_len + 1, dtype=torch.int64, device=device) * dst_len
+    dst_edges = torch.arange(dst_len + 1, dtype=torch.int64, device=device) * src_len
+    lo = torch.maximum(dst_edges[:-1, None], src_edges[None, :-1])
+    hi = torch.minimum(dst_edges[1:, None], src_edges[None, 1:])
+    overlap = (hi - lo).clamp(min=0)
+    return overlap.to(dtype) / src_len

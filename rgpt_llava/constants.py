@@ -1,0 +1,11 @@
+"""Sentinels and placeholder strings shared by tokenisation, data and the model."""
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, DEFAULT_IMAGE_TOKEN  # noqa: F401  (re-exported)
+
+# Region placeholders become negative sentinel ids, like LLaVA's IMAGE_TOKEN_INDEX (no vocabulary change).
+# The sentinel carries the region's index: id = REGION_TOKEN_INDEX - k for the k-th (0-based) supplied region,
+# so an embedding always lands on its own placeholder, whatever truncation or padding happens around it.
+REGION_TOKEN_INDEX = -300
+DEFAULT_REGION_TOKEN = "<region>"
+
+# `<region>` takes the supplied regions in order; `<regionN>` (1-based) names the N-th supplied region.
+REGION_PLACEHOLDER_PATTERN = r"<region(\d*)>"

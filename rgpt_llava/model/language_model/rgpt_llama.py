@@ -1,0 +1,121 @@
+"""RGPTConfig / RGPTLlamaForCausalLM: LLaVA's Llama classes with RegionGPT's region branch."""
+import inspect
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
+
+from rgpt_llava.model.rgpt_arch import RGPT_CONFIG_DEFAULTS, RGPTMetaForCausalLM, RGPTMetaModel
+
+
+class RGPTConfig(LlavaConfig):
+    model_type = "rgpt_llama"
+
+    def __init__(self, **kwargs):
+        for key, default in RGPT_CONFIG_DEFAULTS.items():
+            kwargs.setdefault(key, default)
+        super().__init__(**kwargs)
+
+
+class RGPTLlamaModel(RGPTMetaModel, LlavaLlamaModel):
+    config_class = RGPTConfig
+
+
+# transformers >= 4.38 passes cache_position (and later logits_to_keep etc.) to forward; 4.37.2 does not know it.
+_LLAMA_FORWARD_PARAMS = set(inspect.signature(LlamaForCausalLM.forward).parameters)
+
+
+class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
+    config_class = RGPTConfig
+
+    def __init__(self, config):
+        # Skip LlavaLlamaForCausalLM.__init__ (it would build a LlavaLlamaModel), as LLaVA itself skips Llama's.
+        super(LlamaForCausalLM, self).__init__(config)
+        self.model = RGPTLlamaModel(config)
+        self.pretraining_tp = config.pretraining_tp
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_model(self):
+        return self.model
+
+    # The signature is explicit (no bare **kwargs): generate() inspects it to decide what to pass.
+    def forward(
+        self,
+        input_ids: torch.LongTensor = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[List[torch.FloatTensor]] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        images: Optional[torch.FloatTensor] = None,
+        image_sizes: Optional[List[List[int]]] = None,
+        region_masks: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+    ) -> Union[Tuple, CausalLMOutputWithPast]:
+        if inputs_embeds is None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes,
+                    region_masks=region_masks)
+        extra = {}
+        if cache_position is not None and "cache_position" in _LLAMA_FORWARD_PARAMS:
+            extra["cache_position"] = cache_position
+        return LlamaForCausalLM.forward(
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **extra,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Optional[torch.Tensor] = None,
+        images: Optional[torch.Tensor] = None,
+        image_sizes: Optional[torch.Tensor] = None,
+        region_masks: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        **kwargs,
+    ):
+        position_ids = kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("`inputs_embeds` is not supported")
+        if images is not None:
+            (inputs, position_ids, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
+                inputs, position_ids, attention_mask, None, None, images, image_sizes, region_masks=region_masks)
+        else:
+            if region_masks is not None and any(m is not None and len(m) for m in region_masks):
+                raise ValueError("region_masks were given without images: regions are pooled from the image")
+            inputs_embeds = self.get_model().embed_tokens(inputs)
+        return LlamaForCausalLM.generate(
+            self, position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
+        # Vision inputs are consumed once, in generate(); later steps see only text tokens.
+        kwargs.pop("images", None)
+        kwargs.pop("image_sizes", None)
+        kwargs.pop("region_masks", None)
+        return LlamaForCausalLM.prepare_inputs_for_generation(
+            self, input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+
+
+AutoConfig.register("rgpt_llama", RGPTConfig)
+AutoModelForCausalLM.register(RGPTConfig, RGPTLlamaForCausalLM)

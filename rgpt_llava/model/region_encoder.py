@@ -1,0 +1,157 @@
+"""RegionGPT's additions to the vision side: feature refinement, adaptive merge and mask pooling.
+
+Data flow (paper Sec. 3.1): CLIP patch grid [B, C, g, g] --refiner--> [B, C, h, w] (h = 4g for deconv)
+  --adaptive average pool--> [B, C, H, W] image tokens;   --mask pooling(masks)--> [R, C] region tokens.
+Both then go through the same LLaVA ``mm_projector``.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rgpt_llava.area import area_weights
+
+REFINER_TYPES = ("deconv", "deconv_residual", "bilinear", "deconv+bilinear", "none")
+# Output scale of each refiner relative to the patch grid. Table 6 of the paper: deconv = 4x, the two bilinear
+# variants = 16x (with ViT-B/16 at 512 px, 16x is the input resolution). ``mm_refiner_scale`` overrides the bilinear one.
+DEFAULT_REFINER_SCALE = {"deconv": 4, "deconv_residual": 4, "bilinear": 16, "deconv+bilinear": 16, "none": 1}
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name in ("none", "identity", None):
+        return nn.Identity()
+    raise ValueError(f"unknown mm_refiner_act {name!r}; expected 'gelu' or 'none'")
+
+
+class DeconvRefiner(nn.Module):
+    """The paper's refinement: two stride-2 transposed convolutions (kernel 2), 4x upsampling.
+
+    The paper names no activation between them; we use GELU (LLaVA's projector uses GELU), selectable with
+    ``mm_refiner_act='none'``.
+
+    ``residual=True`` (``deconv_residual``) adds the input upsampled 4x by nearest neighbour and zero-initialises the
+    last deconvolution. At initialisation its output is exactly the nearest-neighbour upsampled CLIP grid, which the
+    adaptive average pool maps back to the original grid, so a converted LLaVA-1.5 checkpoint answers image-level
+    prompts exactly as before; training then learns the same deconv branch the paper describes, plus a skip connection.
+    """
+
+    def __init__(self, channels: int, act: str = "gelu", residual: bool = False):
+        super().__init__()
+        self.residual = residual
+        self.up1 = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        self.act = _activation(act)
+        self.up2 = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        if residual:
+            self.zero_init_branch()
+
+    def zero_init_branch(self):
+        nn.init.zeros_(self.up2.weight)
+        nn.init.zeros_(self.up2.bias)
+
+    def forward(self, x):
+        out = self.up2(self.act(self.up1(x)))
+        if self.residual:
+            out = out + F.interpolate(x, scale_factor=4, mode="nearest")
+        return out
+
+
+class BilinearRefiner(nn.Module):
+    """Parameter-free bilinear upsampling (Table 6 'BiLinear'); optionally after the deconvolutions."""
+
+    def __init__(self, scale: int, deconv: Optional[nn.Module] = None):
+        super().__init__()
+        self.deconv = deconv
+        self.scale = scale
+
+    def forward(self, x):
+        if self.deconv is not None:
+            x = self.deconv(x)
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
+        # interpolate has no bf16/fp16 bilinear kernel on every device: compute in fp32, return the input dtype.
+        return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False).to(x.dtype)
+
+
+def build_refiner(config) -> nn.Module:
+    """Build the refiner named by ``config.mm_refiner_type`` (default 'deconv')."""
+    kind = getattr(config, "mm_refiner_type", "deconv")
+    channels = config.mm_hidden_size
+    act = getattr(config, "mm_refiner_act", "gelu")
+    if kind not in REFINER_TYPES:
+        raise ValueError(f"unknown mm_refiner_type {kind!r}; expected one of {REFINER_TYPES}")
+    if kind == "none":
+        return nn.Identity()
+    if kind in ("deconv", "deconv_residual"):
+        return DeconvRefiner(channels, act=act, residual=(kind == "deconv_residual"))
+    scale = int(getattr(config, "mm_refiner_scale", None) or DEFAULT_REFINER_SCALE[kind])
+    if kind == "bilinear":
+        return BilinearRefiner(scale)
+    if scale % 4:
+        raise ValueError(f"deconv+bilinear needs mm_refiner_scale divisible by 4 (deconv gives 4x), got {scale}")
+    return BilinearRefiner(scale // 4, deconv=DeconvRefiner(channels, act=act))
+
+
+def refiner_scale(config) -> int:
+    kind = getattr(config, "mm_refiner_type", "deconv")
+    if kind in ("bilinear", "deconv+bilinear"):
+        return int(getattr(config, "mm_refiner_scale", None) or DEFAULT_REFINER_SCALE[kind])
+    return DEFAULT_REFINER_SCALE[kind]
+
+
+def adaptive_merge(feature_map: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """[B, C, h, w] -> [B, H*W, C] image tokens by adaptive average pooling (paper: AdaPool(Z_HRes, (H, W)))."""
+    b, c, h, w = feature_map.shape
+    H, W = size
+    if h % H == 0 and w % W == 0:
+        # Same windows as adaptive_avg_pool2d, but torch's tree reduction averages k identical values exactly, so a
+        # nearest-upsampled map comes back bit-exact (the conversion's identity guarantee).
+        merged = feature_map.reshape(b, c, H, h // H, W, w // W).mean(dim=(3, 5))
+    else:
+        merged = F.adaptive_avg_pool2d(feature_map, size)
+    return merged.flatten(2).transpose(1, 2)
+
+
+def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    """Mean of the feature map inside each region mask, all regions of the batch in one batched matmul.
+
+    feature_map: [B, C, h, w]; region_masks[b]: [R_b, Hm, Wm] float in [0, 1] in the processed image's geometry
+    (or None / R_b = 0). Masks are resized to (h, w) with exact area weights, so a region smaller than one cell still
+    weighs on the cell(s) it touches. Returns a list of [R_b, C] tensors.
+    """
+    B, C, h, w = feature_map.shape
+    if len(region_masks) != B:
+        raise ValueError(f"region_masks has {len(region_masks)} entries for a batch of {B} images")
+    counts = [0 if m is None else int(m.shape[0]) for m in region_masks]
+    r_max = max(counts, default=0)
+    if r_max == 0:
+        return [feature_map.new_zeros((0, C)) for _ in range(B)]
+    shapes = {tuple(m.shape[1:]) for m in region_masks if m is not None and m.shape[0]}
+    if len(shapes) != 1:
+        raise ValueError(f"all region masks in a batch must share the processed image size, got {sorted(shapes)}")
+    (hm, wm), = shapes
+    for b, m in enumerate(region_masks):
+        if m is None or m.ndim != 3:
+            if m is not None:
+                raise ValueError(f"sample {b}: region masks must be [R, H, W], got shape {tuple(m.shape)}")
+    device = feature_map.device
+    # Pad to [B, R_max, Hm, Wm]; padded rows get zero weight and are dropped below.
+    masks = feature_map.new_zeros((B, r_max, hm, wm), dtype=torch.float32)
+    for b, m in enumerate(region_masks):
+        if counts[b]:
+            masks[b, : counts[b]] = m.to(device=device, dtype=torch.float32)
+    mass = masks.flatten(2).sum(-1)  # [B, R_max]
+    valid = torch.arange(r_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+    empty = valid & (mass <= 0)
+    if bool(empty.any()):
+        b, r = [int(v) for v in empty.nonzero()[0]]
+        raise ValueError(f"sample {b}: region {r + 1} has an empty mask (no pixel inside the processed image)")
+    wy = area_weights(hm, h, dtype=torch.float32, device=device)  # [h, Hm]
+    wx = area_weights(wm, w, dtype=torch.float32, device=device)  # [w, Wm]
+    cell = wy @ masks @ wx.T  # [B, R_max, h, w]: share of each cell covered by the region
+    weights = cell.flatten(2)
+    weights = weights / weights.sum(-1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
+    feats = feature_map.flatten(2).transpose(1, 2)  # [B, h*w, C]
+    pooled = torch.bmm(weights.to(feats.dtype), feats)  # [B, R_max, C]
+    return [pooled[b, : counts[b]] for b in range(B)]

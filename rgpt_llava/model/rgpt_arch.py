@@ -1,0 +1,210 @@
+"""LLaVA's multimodal mixins extended with RegionGPT's region branch.
+
+``RGPTMetaModel`` adds the refiner next to LLaVA's vision tower and projector; ``RGPTMetaForCausalLM`` encodes the
+image once, derives image tokens (adaptive merge) and region tokens (mask pooling) from the same refined map, projects
+both with the one ``mm_projector`` and splices them into the text embeddings at their sentinels.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+from rgpt_llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
+from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool
+
+# Settings RGPT adds to a LLaVA config, with their defaults. Every one is saved in config.json.
+RGPT_CONFIG_DEFAULTS = {
+    "mm_refiner_type": "deconv",   # deconv | deconv_residual | bilinear | deconv+bilinear | none
+    "mm_refiner_act": "gelu",      # activation between the two deconvolutions (the paper names none)
+    "mm_refiner_scale": None,      # total upsampling of the bilinear variants (default 16, as Table 6)
+    "mm_merge_size": None,         # [H, W] of the image-token grid; None = the vision tower's patch grid
+}
+
+
+class RGPTMetaModel(LlavaMetaModel):
+
+    def __init__(self, config):
+        super().__init__(config)
+        if hasattr(config, "mm_vision_tower"):
+            self.mm_refiner = build_refiner(config)
+
+    def get_refiner(self) -> Optional[nn.Module]:
+        return getattr(self, "mm_refiner", None)
+
+    def initialize_vision_modules(self, model_args, fsdp=None):
+        """LLaVA's initialisation plus the refiner (built once the tower's width is known)."""
+        super().initialize_vision_modules(model_args, fsdp=fsdp)
+        for key in RGPT_CONFIG_DEFAULTS:
+            if getattr(model_args, key, None) is not None:
+                setattr(self.config, key, getattr(model_args, key))
+        if self.get_refiner() is None:
+            self.mm_refiner = build_refiner(self.config).to(dtype=self.dtype)
+        else:
+            for p in self.mm_refiner.parameters():  # in case it is frozen by LoRA, as LLaVA does for the projector
+                p.requires_grad = True
+
+
+def region_indices(ids: torch.Tensor) -> torch.Tensor:
+    """0-based region index of each region sentinel in ``ids`` (ids <= REGION_TOKEN_INDEX)."""
+    return REGION_TOKEN_INDEX - ids
+
+
+class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
+
+    # ---- vision side -------------------------------------------------------------------------------------------
+    def merge_size(self):
+        size = getattr(self.config, "mm_merge_size", None)
+        if size is None:
+            side = self.get_vision_tower().num_patches_per_side
+            return side, side
+        if isinstance(size, int):
+            return size, size
+        return tuple(int(s) for s in size)
+
+    def encode_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen tower (layer ``mm_vision_select_layer``) -> refined map [B, C, h, w]."""
+        tower = self.get_vision_tower()
+        feats = tower(images)  # [B, N, C]
+        b, n, c = feats.shape
+        side = int(round(n ** 0.5))
+        if side * side != n:
+            raise ValueError(f"RGPT needs a square patch grid (mm_vision_select_feature='patch'), got {n} tokens")
+        grid = feats.transpose(1, 2).reshape(b, c, side, side)
+        # The tower may run in another dtype (LLaVA casts it separately); the trainable parts decide.
+        projector_dtype = next(self.get_model().mm_projector.parameters()).dtype
+        return self.get_model().get_refiner()(grid.to(projector_dtype))
+
+    def encode_images(self, images):
+        """Image tokens only (LLaVA's hook, used by LLaVA code paths that know nothing of regions)."""
+        return self.encode_images_and_regions(images, None)[0]
+
+    def encode_images_and_regions(self, images: torch.Tensor, region_masks: Optional[Sequence] = None):
+        """Returns (image tokens [B, H*W, D], list of region tokens [R_b, D]) after the shared projector."""
+        fmap = self.encode_feature_map(images)
+        image_feats = adaptive_merge(fmap, self.merge_size())  # [B, HW, C]
+        b, hw, c = image_feats.shape
+        if region_masks is None:
+            region_masks = [None] * b
+        region_feats = mask_pool(fmap, region_masks)
+        counts = [r.shape[0] for r in region_feats]
+        # One projector call for image and region features: they share the connector (paper Sec. 3.1).
+        flat = torch.cat([image_feats.reshape(b * hw, c)] + region_feats, dim=0)
+        projected = self.get_model().mm_projector(flat)
+        image_tokens = projected[: b * hw].reshape(b, hw, -1)
+        region_tokens = list(torch.split(projected[b * hw:], counts, dim=0))
+        return image_tokens, region_tokens
+
+    # ---- splicing ----------------------------------------------------------------------------------------------
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels,
+        images, image_sizes=None, region_masks=None,
+    ):
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            if region_masks is not None and any(m is not None and len(m) for m in region_masks) and images is None:
+                raise ValueError("region_masks were given without images: regions are pooled from the image")
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        if isinstance(images, list):
+            if any(x.ndim != 3 for x in images):
+                raise NotImplementedError("RGPT takes one image per sample ([3, H, W]); 'anyres' tiling is not supported")
+            images = torch.stack(images)
+        if images.ndim != 4:
+            raise NotImplementedError(f"RGPT takes images as [B, 3, H, W], got shape {tuple(images.shape)}")
+
+        batch = input_ids.shape[0]
+        if region_masks is None:
+            region_masks = [None] * batch
+        if len(region_masks) != batch:
+            raise ValueError(f"region_masks has {len(region_masks)} entries for a batch of {batch} samples")
+        image_tokens, region_tokens = self.encode_images_and_regions(images, region_masks)
+
+        _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
+        attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                          else attention_mask.bool())
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+
+        # Embed every real token of the batch in one call; sentinels are embedded as token 0 and replaced below.
+        is_image = input_ids == IMAGE_TOKEN_INDEX
+        is_region = input_ids <= REGION_TOKEN_INDEX
+        text_embeds = self.get_model().embed_tokens(input_ids.masked_fill(is_image | is_region, 0))
+
+        new_embeds, new_labels = [], []
+        image_idx = 0  # images are consumed in order, one per <image> sentinel (LLaVA's convention)
+        for b in range(batch):
+            keep = attention_mask[b]
+            ids, embeds, labs = input_ids[b][keep], text_embeds[b][keep], labels[b][keep]
+            # Regions: one embedding per sentinel, written in place -> the sequence length does not change.
+            reg_pos = (ids <= REGION_TOKEN_INDEX).nonzero().squeeze(1)
+            if reg_pos.numel():
+                idx = region_indices(ids[reg_pos])
+                n_regions = region_tokens[b].shape[0]
+                if int(idx.max()) >= n_regions:
+                    bad = int(idx.max()) + 1
+                    raise ValueError(f"sample {b}: the prompt refers to <region{bad}> but {n_regions} "
+                                     f"region(s) were supplied")
+                embeds = embeds.index_put((reg_pos,), region_tokens[b][idx].to(embeds.dtype))
+                labs = labs.masked_fill(ids <= REGION_TOKEN_INDEX, IGNORE_INDEX)
+            # Images: each sentinel expands into the H*W image tokens.
+            img_pos = (ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
+            if not img_pos:
+                # Text-only sample (LLaVA collates a blank image for it): keep the vision graph connected with an
+                # empty slice so every rank runs the same backward (ZeRO / DDP hooks).
+                embeds = torch.cat([embeds, image_tokens[min(image_idx, len(image_tokens) - 1)][:0].to(embeds.dtype)])
+                image_idx += 1
+                new_embeds.append(embeds)
+                new_labels.append(labs)
+                continue
+            pieces_e, pieces_l, start = [], [], 0
+            for pos in img_pos:
+                if image_idx >= image_tokens.shape[0]:
+                    raise ValueError(f"sample {b}: more <image> placeholders than images supplied")
+                pieces_e += [embeds[start:pos], image_tokens[image_idx].to(embeds.dtype)]
+                pieces_l += [labs[start:pos], labs.new_full((image_tokens.shape[1],), IGNORE_INDEX)]
+                image_idx += 1
+                start = pos + 1
+            pieces_e.append(embeds[start:])
+            pieces_l.append(labs[start:])
+            new_embeds.append(torch.cat(pieces_e))
+            new_labels.append(torch.cat(pieces_l))
+
+        # Truncate after splicing (image tokens lengthen the sequence); region embeddings sit at their own
+        # placeholders, so truncation drops an embedding together with its placeholder, never shifts one.
+        max_len_cfg = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_len_cfg is not None:
+            new_embeds = [x[:max_len_cfg] for x in new_embeds]
+            new_labels = [x[:max_len_cfg] for x in new_labels]
+
+        return self._pad_spliced(new_embeds, new_labels, _labels, _position_ids, _attention_mask,
+                                 attention_mask.dtype, position_ids, past_key_values)
+
+    def _pad_spliced(self, new_embeds, new_labels, _labels, _position_ids, _attention_mask, mask_dtype,
+                     position_ids, past_key_values):
+        """Pad the spliced sequences into a batch, honouring ``tokenizer_padding_side`` (as LLaVA does)."""
+        max_len = max(x.shape[0] for x in new_embeds)
+        batch, dim = len(new_embeds), new_embeds[0].shape[1]
+        device = new_embeds[0].device
+        embeds = new_embeds[0].new_zeros((batch, max_len, dim))
+        labels = torch.full((batch, max_len), IGNORE_INDEX, dtype=new_labels[0].dtype, device=device)
+        attention = torch.zeros((batch, max_len), dtype=torch.bool, device=device)
+        positions = torch.zeros((batch, max_len), dtype=torch.long, device=device)
+        left = getattr(self.config, "tokenizer_padding_side", "right") == "left"
+        for i, (e, l) in enumerate(zip(new_embeds, new_labels)):
+            n = e.shape[0]
+            if n == 0:
+                continue
+            sl = slice(max_len - n, max_len) if left else slice(0, n)
+            embeds[i, sl] = e
+            labels[i, sl] = l
+            attention[i, sl] = True
+            positions[i, sl] = torch.arange(n, device=device)
+        return (
+            None,
+            None if _position_ids is None else positions.to(_position_ids.dtype),
+            None if _attention_mask is None else attention.to(_attention_mask.dtype),
+            past_key_values,
+            embeds,
+            None if _labels is None else labels,
+        )

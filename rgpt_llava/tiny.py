@@ -1,0 +1,124 @@
+"""Tiny LLaVA-format checkpoints built from scratch, offline (tests, demo, benchmarks).
+
+``python -m rgpt_llava.tiny --out DIR [--tokenizer PATH]`` writes ``DIR/clip`` (a tiny ``CLIPVisionModel`` with its
+image processor) and ``DIR/llava`` (a tiny LLaVA-1.5-style checkpoint: Llama + 2-layer MLP projector) with random
+weights. Without ``--tokenizer`` a small SentencePiece tokenizer is trained on the fly.
+"""
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+# LLaVA-1.5 / CLIP ViT-L/14-336 preprocessing constants.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+_CORPUS = """a photo of a cat sitting on a red sofa next to a window
+the dog is playing with a ball on the green grass in the park
+describe the region in detail and answer the question using the template region
+what category name best describes the object in the image answer using coco category names
+a man riding a motorcycle on the road near a rocket launch pad with blue sky
+the astronaut is wearing a white suit and holding a helmet with the flag behind
+a cup of coffee on a wooden table beside a plate of cookies and a spoon
+no corresponding options found which one fits the description region one two three
+the small red circle is left of the large blue square above the yellow triangle
+USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant.
+The assistant gives helpful, detailed, and polite answers to the human's questions.
+"""
+
+
+def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
+    """Train a small LLaMA-style SentencePiece model (unk=0, bos=1, eos=2, byte fallback) and save a LlamaTokenizer."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = out_dir / "corpus.txt"
+    corpus.write_text(_CORPUS * 20)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+        add_dummy_prefix=True, split_digits=True, minloglevel=2, num_threads=1,
+    )
+    corpus.unlink()
+    tok = LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False)
+    tok.save_pretrained(str(out_dir))
+    (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
+    return str(out_dir)
+
+
+def build_tiny_clip(out_dir, image_size: int = 56, patch_size: int = 14, hidden_size: int = 32,
+                    num_layers: int = 2, seed: int = 0):
+    """A random ``CLIPVisionModel`` + ``CLIPImageProcessor`` saved where LLaVA's ``mm_vision_tower`` can load it."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
+                           num_attention_heads=max(1, hidden_size // 16), image_size=image_size,
+                           patch_size=patch_size, projection_dim=hidden_size)
+    CLIPVisionModel(cfg).save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                       image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def tiny_llava_config(tokenizer, vision_dir, hidden_size: int = 64, num_layers: int = 2, **overrides):
+    from llava.model.language_model.llava_llama import LlavaConfig
+    from transformers import CLIPVisionConfig
+
+    vis = CLIPVisionConfig.from_pretrained(vision_dir)
+    cfg = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
+        mm_vision_tower=str(vision_dir), mm_hidden_size=vis.hidden_size, mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_patch_merge_type="flat",
+        image_aspect_ratio="pad", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+        tokenizer_padding_side="right", tokenizer_model_max_length=1024, use_mm_proj=True,
+        tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=False, mm_projector_lr=None,
+        torch_dtype="float32",
+    )
+    cfg.update(overrides)
+    return LlavaConfig(**cfg)
+
+
+def build_tiny_llava(out_dir, tokenizer_dir, vision_dir, seed: int = 0, **config_overrides):
+    """A random LLaVA-1.5-style checkpoint (Llama + mlp2x_gelu projector; tower loaded from ``vision_dir``)."""
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    torch.manual_seed(seed)
+    model = LlavaLlamaForCausalLM(tiny_llava_config(tokenizer, vision_dir, **config_overrides))
+    # Llama's default init (std 0.02) gives near-uniform logits; widen it so random models say varied things.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.2)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (gets clip/, llava/ and maybe tokenizer/)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder; default: train a tiny SentencePiece one")
+    parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    tok_dir = args.tokenizer
+    if tok_dir is None:
+        tok_dir = train_tiny_tokenizer(out / "tokenizer")
+    elif not os.path.isdir(tok_dir):
+        parser.error(f"--tokenizer {tok_dir}: no such folder")
+    clip = build_tiny_clip(out / "clip", image_size=args.image_size, seed=args.seed)
+    llava = build_tiny_llava(out / "llava", tok_dir, clip, seed=args.seed)
+    print(f"tiny LLaVA checkpoint (random weights): {llava}\ntiny CLIP tower: {clip}")
+
+
+if __name__ == "__main__":
+    main()

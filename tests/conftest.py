@@ -1,0 +1,91 @@
+"""Fixtures: tiny LLaVA-format checkpoints built from scratch, offline."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+REAL_TOKENIZER = ASSETS / "llama-tokenizer"
+IMAGES = ASSETS / "images"
+
+
+def need(path: Path, what: str):
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (shared assets are read-only and optional)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir():
+    return str(need(REAL_TOKENIZER, "the LLaMA tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def images_dir():
+    return need(IMAGES, "the sample photos")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from rgpt_llava.tiny import train_tiny_tokenizer
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    from rgpt_llava.tiny import build_tiny_clip
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_clip_dir):
+    from rgpt_llava.tiny import build_tiny_llava
+    return build_tiny_llava(tmp_path_factory.mktemp("llava"), tiny_tokenizer_dir, tiny_clip_dir)
+
+
+@pytest.fixture(scope="session")
+def real_tok_llava_dir(tmp_path_factory, real_tokenizer_dir, tiny_clip_dir):
+    from rgpt_llava.tiny import build_tiny_llava
+    return build_tiny_llava(tmp_path_factory.mktemp("llava_realtok"), real_tokenizer_dir, tiny_clip_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_rgpt_dir(tmp_path_factory, tiny_llava_dir):
+    """The tiny LLaVA converted with the default (identity-preserving) refiner."""
+    from rgpt_llava.convert import convert
+    return convert(tiny_llava_dir, str(tmp_path_factory.mktemp("rgpt")))
+
+
+def make_rgpt(llava_dir, seed=0, **overrides):
+    """An in-memory fp32 RGPT model from a tiny LLaVA checkpoint, with a randomly initialised refiner."""
+    from rgpt_llava.convert import rgpt_config_from_llava
+    from rgpt_llava.model import RGPTLlamaForCausalLM
+    from rgpt_llava.model.builder import read_config
+    from rgpt_llava.model.region_encoder import build_refiner
+
+    refiner = overrides.pop("mm_refiner_type", "deconv")
+    config = rgpt_config_from_llava(read_config(llava_dir), refiner=refiner)
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    model = RGPTLlamaForCausalLM.from_pretrained(llava_dir, config=config, torch_dtype=torch.float32)
+    torch.manual_seed(seed)
+    model.get_model().mm_refiner = build_refiner(config)
+    model.get_vision_tower().load_model()
+    return model.eval()
+
+
+@pytest.fixture()
+def rgpt_model(tiny_llava_dir):
+    return make_rgpt(tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_llava_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_llava_dir, use_fast=False)

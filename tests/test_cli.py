@@ -1,0 +1,90 @@
+"""``python -m rgpt_llava.serve.cli``: one-shot answers on a real photo, and bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rgpt_llava.serve.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_one_shot_answer_with_box_and_mask(capsys, tmp_path, tiny_rgpt_dir, images_dir):
+    image = images_dir / "chelsea.jpg"  # 451 x 300
+    mask = np.zeros((300, 451), dtype=np.uint8)
+    mask[50:200, 100:300] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    code, out, err = run_cli(capsys, "--model-path", tiny_rgpt_dir, "--image-file", str(image), "--device", "cpu",
+                             "--region", "box:10,20,110,220", "--region", f"mask:{tmp_path / 'm.png'}",
+                             "--query", "What is <region2> next to <region1>?", "--temperature", "0",
+                             "--max-new-tokens", "5")
+    assert code == 0, err
+    assert "2 region(s)" in out
+    assert "region 1: box, box [10, 20, 110, 220]" in out
+    assert "region 2: mask, box [100, 50, 300, 200]" in out
+    assert "USER: What is <region2> next to <region1>?" in out
+    assert "ASSISTANT:" in out
+
+
+def test_one_shot_is_deterministic_and_region_dependent(capsys, tiny_rgpt_dir, images_dir):
+    image = str(images_dir / "coffee.jpg")
+    common = ["--model-path", tiny_rgpt_dir, "--image-file", image, "--device", "cpu", "--temperature", "0",
+              "--max-new-tokens", "6", "--query", "Describe <region>"]
+    a = run_cli(capsys, *common, "--region", "box:0,0,300,200")[1]
+    b = run_cli(capsys, *common, "--region", "box:0,0,300,200")[1]
+    assert a == b
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--region", "box:1,2,3"], "region 1 .*4 numbers|region 1.*box"),
+    (["--region", "circle:1,2,3"], "region 1.*unknown|region 1.*circle"),
+    (["--region", "box:50,10,40,20"], r"region 1.*x2 <= x1"),
+    (["--region", "box:0,0,900,100"], r"region 1.*outside|region 1.*451x300|region 1.*beyond"),
+    (["--region", "mask:/nonexistent/m.png"], r"/nonexistent/m.png"),
+    (["--region", "box:0,0,10,10", "--region", "box:5,5,20,20", "--query", "what is <region1>?"],
+     r"region\(s\) \[2\] are not referenced"),
+    (["--region", "box:0,0,10,10", "--query", "compare <region1> and <region2>"], r"refers to region\(s\) \[2\]"),
+])
+def test_bad_input_names_the_item(capsys, tiny_rgpt_dir, images_dir, args, message):
+    base = ["--model-path", tiny_rgpt_dir, "--image-file", str(images_dir / "chelsea.jpg"), "--device", "cpu"]
+    if "--query" not in args:
+        args = args + ["--query", "what is <region1>?"]
+    code, out, err = run_cli(capsys, *base, *args)
+    assert code == 2
+    assert err.startswith("error: ")
+    import re
+    assert re.search(message, err), err
+
+
+def test_bad_image_and_checkpoint(capsys, tmp_path, tiny_rgpt_dir, images_dir):
+    code, _, err = run_cli(capsys, "--model-path", tiny_rgpt_dir, "--image-file", str(tmp_path / "x.jpg"),
+                           "--query", "hi")
+    assert code == 2 and "x.jpg: no such file" in err
+    (tmp_path / "bad.jpg").write_text("not an image")
+    code, _, err = run_cli(capsys, "--model-path", tiny_rgpt_dir, "--image-file", str(tmp_path / "bad.jpg"),
+                           "--query", "hi")
+    assert code == 2 and "not a readable image" in err
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    code, _, err = run_cli(capsys, "--model-path", str(tmp_path / "ckpt"), "--image-file",
+                           str(images_dir / "chelsea.jpg"), "--query", "hi", "--device", "cpu")
+    assert code == 2 and "unknown kind" in err
+
+
+def test_interactive_chat_over_stdin(tiny_rgpt_dir, images_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rgpt_llava.serve.cli", "--model-path", tiny_rgpt_dir, "--image-file",
+         str(images_dir / "rocket.jpg"), "--device", "cpu", "--region", "box:100,50,300,400",
+         "--temperature", "0", "--max-new-tokens", "4"],
+        input="what is <region1>?\nand <region5>?\ndescribe it more\n\n", capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ASSISTANT:") == 2  # the <region5> turn is refused, the chat goes on
+    assert "refers to region(s) [5]" in proc.stderr

@@ -3,6 +3,8 @@
 Used wherever a mask changes resolution (image geometry and mask pooling) so that a region keeps exactly the share of
 each output cell it covers, whatever the ratio of the two sizes (336 -> 96 is 3.5 pixels per cell).
 """
+import math
+
 import torch
 
 
@@ -19,3 +21,20 @@ def area_weights(src_len: int, dst_len: int, dtype=torch.float64, device=None) -
     hi = torch.minimum(dst_edges[1:, None], src_edges[None, 1:])
     overlap = (hi - lo).clamp(min=0)
     return overlap.to(dtype) / src_len
+
+
+def area_resize(masks: torch.Tensor, size) -> torch.Tensor:
+    """Area-weighted resize of ``[..., H, W]`` to ``[..., h, w]``: ``area_weights(H, h) @ M @ area_weights(W, w).T``.
+
+    The weight matrices are block diagonal: with ``g = gcd(H, h)`` one ``[h/g, H/g]`` block repeats ``g`` times
+    (336 -> 96: blocks of 7 pixels onto 2 cells). Applying the block gives the same numbers with ``g`` times fewer
+    operations (0.15 instead of 7.1 GFLOP for 256 masks), so resizing stays negligible next to the pooling GEMM.
+    """
+    hm, wm = masks.shape[-2:]
+    h, w = size
+    gy, gx = math.gcd(hm, h), math.gcd(wm, w)
+    wy = area_weights(hm // gy, h // gy, dtype=masks.dtype, device=masks.device)  # [h/gy, hm/gy]
+    wx = area_weights(wm // gx, w // gx, dtype=masks.dtype, device=masks.device)  # [w/gx, wm/gx]
+    lead = masks.shape[:-2]
+    rows = torch.matmul(wy, masks.reshape(*lead, gy, hm // gy, wm)).reshape(*lead, h, wm)
+    return torch.matmul(rows.reshape(*lead, h, gx, wm // gx), wx.T).reshape(*lead, h, w)

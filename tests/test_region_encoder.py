@@ -130,3 +130,15 @@ def test_deconv_variants():
     # no activation when asked
     assert isinstance(build_refiner(cfg("deconv", mm_refiner_act="none")).act, torch.nn.Identity)
     assert isinstance(build_refiner(cfg("bilinear")), BilinearRefiner)
+
+
+@pytest.mark.parametrize("src,dst", [((336, 336), (96, 96)), ((56, 56), (16, 16)), ((50, 37), (7, 11)),
+                                     ((8, 8), (16, 16)), ((12, 9), (12, 9))])
+def test_blockwise_area_resize_equals_dense(src, dst):
+    from rgpt_llava.area import area_resize
+    torch.manual_seed(0)
+    m = torch.rand(2, 3, *src, dtype=torch.float64)
+    dense = area_weights(src[0], dst[0]) @ m @ area_weights(src[1], dst[1]).T
+    out = area_resize(m, dst)
+    assert out.shape == (2, 3, *dst)
+    assert torch.allclose(out, dense, atol=1e-12)

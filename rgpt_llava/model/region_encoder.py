@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rgpt_llava.area import area_weights
+from rgpt_llava.area import area_resize
 
 REFINER_TYPES = ("deconv", "deconv_residual", "bilinear", "deconv+bilinear", "none")
 # Output scale of each refiner relative to the patch grid. Table 6 of the paper: deconv = 4x, the two bilinear
@@ -105,9 +105,11 @@ def adaptive_merge(feature_map: torch.Tensor, size: Tuple[int, int]) -> torch.Te
     b, c, h, w = feature_map.shape
     H, W = size
     if h % H == 0 and w % W == 0:
-        # Same windows as adaptive_avg_pool2d, but torch's tree reduction averages k identical values exactly, so a
-        # nearest-upsampled map comes back bit-exact (the conversion's identity guarantee).
-        merged = feature_map.reshape(b, c, H, h // H, W, w // W).mean(dim=(3, 5))
+        # Same windows as adaptive_avg_pool2d, but torch's reductions average k identical values exactly, so a
+        # nearest-upsampled map comes back bit-exact (the conversion's identity guarantee). Two reductions, the
+        # first over the contiguous last axis, are faster than one over the two strided window axes.
+        kh, kw = h // H, w // W
+        merged = feature_map.reshape(b, c, h, W, kw).mean(-1).reshape(b, c, H, kh, W).mean(3)
     else:
         merged = F.adaptive_avg_pool2d(feature_map, size)
     return merged.flatten(2).transpose(1, 2)
@@ -123,6 +125,9 @@ def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.T
     B, C, h, w = feature_map.shape
     if len(region_masks) != B:
         raise ValueError(f"region_masks has {len(region_masks)} entries for a batch of {B} images")
+    for b, m in enumerate(region_masks):
+        if m is not None and m.ndim != 3:
+            raise ValueError(f"sample {b}: region masks must be [R, H, W], got shape {tuple(m.shape)}")
     counts = [0 if m is None else int(m.shape[0]) for m in region_masks]
     r_max = max(counts, default=0)
     if r_max == 0:
@@ -131,27 +136,24 @@ def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.T
     if len(shapes) != 1:
         raise ValueError(f"all region masks in a batch must share the processed image size, got {sorted(shapes)}")
     (hm, wm), = shapes
-    for b, m in enumerate(region_masks):
-        if m is None or m.ndim != 3:
-            if m is not None:
-                raise ValueError(f"sample {b}: region masks must be [R, H, W], got shape {tuple(m.shape)}")
     device = feature_map.device
-    # Pad to [B, R_max, Hm, Wm]; padded rows get zero weight and are dropped below.
-    masks = feature_map.new_zeros((B, r_max, hm, wm), dtype=torch.float32)
-    for b, m in enumerate(region_masks):
-        if counts[b]:
-            masks[b, : counts[b]] = m.to(device=device, dtype=torch.float32)
-    mass = masks.flatten(2).sum(-1)  # [B, R_max]
+    if B == 1:
+        masks = region_masks[0].to(device=device, dtype=torch.float32)[None]  # no padding copy for one image
+    else:
+        # Pad to [B, R_max, Hm, Wm]; padded rows get zero weight and are dropped below.
+        masks = feature_map.new_zeros((B, r_max, hm, wm), dtype=torch.float32)
+        for b, m in enumerate(region_masks):
+            if counts[b]:
+                masks[b, : counts[b]] = m.to(device=device, dtype=torch.float32)
+    cell = area_resize(masks, (h, w))  # [B, R_max, h, w]: share of each cell covered by the region
+    # Area weights are positive, so a region has mass after resizing exactly when it had mass before.
+    mass = cell.flatten(2).sum(-1)  # [B, R_max]
     valid = torch.arange(r_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
     empty = valid & (mass <= 0)
     if bool(empty.any()):
         b, r = [int(v) for v in empty.nonzero()[0]]
         raise ValueError(f"sample {b}: region {r + 1} has an empty mask (no pixel inside the processed image)")
-    wy = area_weights(hm, h, dtype=torch.float32, device=device)  # [h, Hm]
-    wx = area_weights(wm, w, dtype=torch.float32, device=device)  # [w, Wm]
-    cell = wy @ masks @ wx.T  # [B, R_max, h, w]: share of each cell covered by the region
-    weights = cell.flatten(2)
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
+    weights = cell.flatten(2) / mass.clamp(min=torch.finfo(mass.dtype).tiny)[..., None]
     feats = feature_map.flatten(2).transpose(1, 2)  # [B, h*w, C]
     pooled = torch.bmm(weights.to(feats.dtype), feats)  # [B, R_max, C]
     return [pooled[b, : counts[b]] for b in range(B)]

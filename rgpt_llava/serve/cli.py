@@ -71,12 +71,12 @@ class RegionChat:
             self.conv.messages = self.conv.messages[:-2]
             raise
         input_ids = tokenizer_region_token(prompt, self.tokenizer, return_tensors="pt").unsqueeze(0)
+        sampling = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else \
+            dict(do_sample=False)
         with torch.inference_mode():
             output_ids = self.model.generate(
                 input_ids.to(self.model.device), images=self.image_tensor, image_sizes=[self.image_size],
-                region_masks=[self.region_masks], do_sample=self.temperature > 0,
-                temperature=self.temperature if self.temperature > 0 else None, top_p=None,
-                max_new_tokens=self.max_new_tokens, use_cache=True)
+                region_masks=[self.region_masks], max_new_tokens=self.max_new_tokens, use_cache=True, **sampling)
         answer = self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
         self.conv.messages[-1][-1] = answer
         return answer

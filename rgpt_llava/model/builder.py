@@ -153,6 +153,9 @@ def load_pretrained_model(model_path, model_base, model_name=None, load_8bit=Fal
         load_kwargs["quantization_config"] = quant
 
     config = RGPTConfig.from_pretrained(model_path)
+    # A QLoRA run saves its training-time quantization_config; how to load is decided here (load_4bit/load_8bit).
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     if kind == "full":
         model, info = RGPTLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
                                                            **load_kwargs)

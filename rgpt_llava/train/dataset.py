@@ -1,0 +1,235 @@
+"""Region instruction data for LLaVA's training loop: dataset and collator.
+
+A sample is LLaVA's conversation JSON plus an optional ``regions`` list (see docs/DATA.md). Images go through
+LLaVA's own ``process_images`` and regions through ``rgpt_llava.geometry`` -- the code inference uses -- so training
+and serving see the same masks. Conversations go through LLaVA's own ``preprocess`` with region placeholders
+tokenised by ``tokenizer_region_token``.
+
+A sample that cannot be used (missing or corrupt image, invalid region, placeholder naming a missing region, LLaVA's
+"tokenization mismatch") is skipped with a warning naming it, recorded in a JSONL log, and replaced by the next
+usable sample: a run never crashes on one bad sample and never trains a sample with misaligned regions.
+"""
+import contextlib
+import copy
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from PIL import Image
+
+import llava.train.train as llava_train
+from llava.mm_utils import process_images
+from llava.train.train import DataCollatorForSupervisedDataset, LazySupervisedDataset
+
+from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX
+from rgpt_llava.geometry import parse_region, process_regions
+from rgpt_llava.mm_utils import check_region_references, tokenizer_region_token
+
+logger = logging.getLogger(__name__)
+
+
+class SampleError(ValueError):
+    """Why one sample cannot be trained on."""
+
+
+@contextlib.contextmanager
+def region_aware_llava_preprocess():
+    """LLaVA's ``preprocess`` tokenises with the module global ``tokenizer_image_token``; let it see regions.
+
+    ``tokenizer_region_token`` gives LLaVA's ids for prompts without region placeholders, so this changes nothing
+    else. Restored on exit, so LLaVA used elsewhere in the process is untouched.
+    """
+    saved = llava_train.tokenizer_image_token
+    llava_train.tokenizer_image_token = tokenizer_region_token
+    try:
+        yield
+    finally:
+        llava_train.tokenizer_image_token = saved
+
+
+def load_samples(data_path: str) -> List[Dict]:
+    """A JSON list (LLaVA's format) or JSONL file of samples."""
+    if not os.path.isfile(data_path):
+        raise FileNotFoundError(f"--data_path {data_path}: no such file")
+    with open(data_path) as f:
+        if data_path.endswith(".jsonl"):
+            samples = []
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        samples.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{data_path}:{n}: not valid JSON ({e})") from None
+            return samples
+        try:
+            samples = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{data_path}: not valid JSON ({e})") from None
+    if not isinstance(samples, list):
+        raise ValueError(f"{data_path}: expected a JSON list of samples, got {type(samples).__name__}")
+    return samples
+
+
+def sample_name(sample, index) -> str:
+    sid = sample.get("id") if isinstance(sample, dict) else None
+    return f"sample {index}" + (f" (id {sid})" if sid is not None else "")
+
+
+def check_sample(sample) -> Optional[str]:
+    """Structural problems found without opening the image: the reason, or None."""
+    if not isinstance(sample, dict):
+        return "not a JSON object"
+    convs = sample.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        return "no 'conversations' list"
+    for turn in convs:
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(
+                turn.get("value"), str):
+            return "a turn is not {'from': 'human'|'gpt', 'value': str}"
+    regions = sample.get("regions") or []
+    if not isinstance(regions, list):
+        return "'regions' is not a list"
+    if regions and "image" not in sample:
+        return "regions without an image"
+    human = "\n".join(t["value"] for t in convs if t["from"] == "human")
+    try:
+        check_region_references(human, len(regions), require_all=False)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+class RegionSupervisedDataset(LazySupervisedDataset):
+    """LLaVA's ``LazySupervisedDataset`` (lengths, modality_lengths, preprocessing) with region masks."""
+
+    def __init__(self, data_path: str, tokenizer, data_args):
+        torch.utils.data.Dataset.__init__(self)
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.skipped_log = getattr(data_args, "skipped_log", None)
+        samples = load_samples(data_path)
+        self.list_data_dict, self.load_skips = [], []
+        for i, sample in enumerate(samples):
+            reason = check_sample(sample)
+            if reason is None:
+                self.list_data_dict.append(sample)
+            else:
+                # logged now; written to the skip log once the trainer has named it (RGPTTrainer), or now if set
+                self.load_skips.append((sample_name(sample, i), reason))
+                logger.warning(f"skipping {sample_name(sample, i)}: {reason}")
+        if self.skipped_log:
+            for name, reason in self.load_skips:
+                self._append_skip_log(name, reason)
+        if not self.list_data_dict:
+            raise ValueError(f"{data_path}: no usable sample ({len(self.load_skips)} skipped, see the warnings)")
+        self.rng = random.Random(getattr(data_args, "seed", 0))
+
+    def report_skip(self, name: str, reason: str):
+        logger.warning(f"skipping {name}: {reason}")
+        if self.skipped_log:
+            self._append_skip_log(name, reason)
+
+    def _append_skip_log(self, name: str, reason: str):
+        os.makedirs(os.path.dirname(os.path.abspath(self.skipped_log)), exist_ok=True)
+        with open(self.skipped_log, "a") as f:  # one line per skip: works across dataloader workers and ranks
+            f.write(json.dumps({"sample": name, "reason": reason}) + "\n")
+
+    def __getitem__(self, i) -> Dict[str, torch.Tensor]:
+        n = len(self.list_data_dict)
+        for attempt in range(n):
+            j = (i + attempt) % n
+            try:
+                return self.build(j)
+            except (SampleError, OSError, ValueError) as e:
+                self.report_skip(sample_name(self.list_data_dict[j], j), str(e))
+        raise RuntimeError("every sample of the dataset failed to load; see the warnings")
+
+    def region_specs(self, sample) -> list:
+        specs = []
+        for region in sample.get("regions") or []:
+            if (isinstance(region, dict) and "segmentation" in region and "bbox" in region
+                    and self.rng.random() < getattr(self.data_args, "region_box_prob", 0.0)):
+                region = {"bbox": region["bbox"]}
+            specs.append(region)
+        return specs
+
+    def build(self, i) -> Dict[str, torch.Tensor]:
+        sample = self.list_data_dict[i]
+        processor = self.data_args.image_processor
+        aspect = self.data_args.image_aspect_ratio
+        if "image" in sample:
+            path = os.path.join(self.data_args.image_folder or "", sample["image"])
+            try:
+                image = Image.open(path)
+                image.load()
+                image = image.convert("RGB")
+            except FileNotFoundError:
+                raise SampleError(f"image {path} not found") from None
+            except OSError as e:
+                raise SampleError(f"image {path} is unreadable ({e})") from None
+            pixels = process_images([image], processor, SimpleNamespace(image_aspect_ratio=aspect))[0]
+            try:
+                regions = [parse_region(spec, k, image.size) for k, spec in enumerate(self.region_specs(sample))]
+                masks = process_regions(regions, image.size, processor, aspect) if regions else None
+            except (ValueError, FileNotFoundError) as e:
+                raise SampleError(str(e)) from None
+            sources = llava_train.preprocess_multimodal(copy.deepcopy([sample["conversations"]]), self.data_args)
+        else:
+            sources, masks = copy.deepcopy([sample["conversations"]]), None
+        with region_aware_llava_preprocess():
+            data = llava_train.preprocess(sources, self.tokenizer, has_image="image" in sample)
+        input_ids, labels = data["input_ids"][0], data["labels"][0]
+        answers = any(t["from"] == "gpt" and t["value"].strip() for t in sample["conversations"])
+        if answers and not bool((labels != IGNORE_INDEX).any()):
+            # LLaVA prints "tokenization mismatch" and trains the sample at zero loss; report and skip it instead.
+            raise SampleError("tokenization mismatch: the answer masks do not line up with the conversation template "
+                              "(check --version against the tokenizer)")
+        refs = REGION_TOKEN_INDEX - input_ids[input_ids <= REGION_TOKEN_INDEX]
+        n_regions = 0 if masks is None else masks.shape[0]
+        if refs.numel() and int(refs.max()) >= n_regions:
+            raise SampleError(f"the conversation refers to <region{int(refs.max()) + 1}> but the sample has "
+                              f"{n_regions} region(s)")
+        out = dict(input_ids=input_ids, labels=labels, region_masks=masks)
+        if "image" in sample:
+            out["image"] = pixels
+        elif self.data_args.is_multimodal:
+            crop = processor.crop_size
+            out["image"] = torch.zeros(3, crop["height"], crop["width"])
+        return out
+
+
+@dataclass
+class DataCollatorForRegionDataset(DataCollatorForSupervisedDataset):
+    """LLaVA's collator (padding, truncation, image stacking) plus the per-sample list of region masks."""
+
+    def __call__(self, instances: Sequence[Dict]) -> Dict[str, torch.Tensor]:
+        batch = super().__call__(instances)
+        batch["region_masks"] = [inst.get("region_masks") for inst in instances]
+        return batch
+
+
+def make_region_data_module(tokenizer, data_args) -> Dict:
+    """Drop-in for LLaVA's ``make_supervised_data_module``."""
+    dataset = RegionSupervisedDataset(data_path=data_args.data_path, tokenizer=tokenizer, data_args=data_args)
+    collator = DataCollatorForRegionDataset(tokenizer=tokenizer)
+    return dict(train_dataset=dataset, eval_dataset=None, data_collator=collator)
+
+
+def summarize_skips(path: Optional[str]) -> str:
+    """One line: how many samples were skipped and why (from the skip log)."""
+    if not path or not os.path.exists(path):
+        return "skipped samples: 0"
+    reasons: Dict[str, int] = {}
+    with open(path) as f:
+        for line in f:
+            reason = json.loads(line)["reason"]
+            key = reason.split(":")[0] if "tokenization mismatch" in reason else reason[:80]
+            reasons[key] = reasons.get(key, 0) + 1
+    total = sum(reasons.values())
+    top = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
+    return f"skipped samples: {total} (see {path}): {top}"

@@ -1,0 +1,101 @@
+"""RGPT training entry: LLaVA's own ``train()`` with RGPT's model, arguments, dataset, collator and trainer.
+
+    python -m rgpt_llava.train.train <LLaVA's flags> [--mm_refiner_type deconv] [--region_box_prob 0.3] ...
+
+LLaVA's ``llava.train.train.train()`` looks its helpers up in its module's globals when it runs; this binds RGPT's
+versions there for the duration of the call (and restores LLaVA's after), so LLaVA's training logic -- argument
+parsing, quantisation, LoRA, vision-module initialisation, saving -- is reused as is, not copied.
+"""
+import contextlib
+import logging
+import os
+
+import torch
+
+import llava.train.llava_trainer as llava_trainer_module
+import llava.train.train as llava_train
+
+from rgpt_llava.model.language_model.rgpt_llama import RGPTLlamaForCausalLM
+from rgpt_llava.model.quantize import KEEP_UNQUANTIZED, quantize_linear_layers_
+from rgpt_llava.train.arguments import RGPTDataArguments, RGPTModelArguments, RGPTTrainingArguments
+from rgpt_llava.train.dataset import make_region_data_module, summarize_skips
+from rgpt_llava.train.trainer import RGPTTrainer, STAGE1_FILE, maybe_zero_3, region_module_state
+
+logger = logging.getLogger(__name__)
+_llava_safe_save = llava_train.safe_save_model_for_hf_trainer
+
+
+class RGPTModelLoader:
+    """Stands in for ``LlavaLlamaForCausalLM`` in LLaVA's train(): loads ``RGPTLlamaForCausalLM``.
+
+    transformers 4.37 refuses bitsandbytes without CUDA although bitsandbytes quantises and runs on the CPU; there
+    the same ``BitsAndBytesConfig`` is applied right after loading, so QLoRA runs (and is tested) on CPU machines.
+    """
+
+    @staticmethod
+    def from_pretrained(path, **kwargs):
+        quant = kwargs.get("quantization_config")
+        if quant is not None and not torch.cuda.is_available():
+            for key in ("quantization_config", "load_in_4bit", "load_in_8bit", "device_map"):
+                kwargs.pop(key, None)
+            model = RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
+            quant.llm_int8_skip_modules = sorted(set(quant.llm_int8_skip_modules or []) | set(KEEP_UNQUANTIZED))
+            return quantize_linear_layers_(model, quant, device="cpu")
+        return RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
+
+
+def safe_save_model_for_hf_trainer(trainer, output_dir: str):
+    """LLaVA's final save; for stage 1 the saved ``mm_projector.bin`` holds the refiner too."""
+    if getattr(trainer.args, "tune_mm_mlp_adapter", False):
+        weights = region_module_state(trainer.model.named_parameters())  # every rank: gathers ZeRO-3 shards
+        trainer.model.config.save_pretrained(output_dir)
+        if trainer.args.local_rank in (0, -1):
+            torch.save(weights, os.path.join(output_dir, STAGE1_FILE))
+        return
+    if trainer.deepspeed:
+        if torch.cuda.is_available():  # LLaVA synchronises unconditionally, which fails on CPU-only DeepSpeed
+            torch.cuda.synchronize()
+        trainer.save_model(output_dir)
+        return
+    _llava_safe_save(trainer=trainer, output_dir=output_dir)
+
+
+RGPT_BINDINGS = {
+    llava_train: dict(
+        ModelArguments=RGPTModelArguments,
+        DataArguments=RGPTDataArguments,
+        TrainingArguments=RGPTTrainingArguments,
+        LlavaLlamaForCausalLM=RGPTModelLoader,
+        make_supervised_data_module=make_region_data_module,
+        LLaVATrainer=RGPTTrainer,
+        safe_save_model_for_hf_trainer=safe_save_model_for_hf_trainer,
+        maybe_zero_3=maybe_zero_3,
+    ),
+    llava_trainer_module: dict(maybe_zero_3=maybe_zero_3),
+}
+
+
+@contextlib.contextmanager
+def rgpt_bindings():
+    saved = {mod: {k: getattr(mod, k) for k in names} for mod, names in RGPT_BINDINGS.items()}
+    try:
+        for mod, names in RGPT_BINDINGS.items():
+            for k, v in names.items():
+                setattr(mod, k, v)
+        yield
+    finally:
+        for mod, names in saved.items():
+            for k, v in names.items():
+                setattr(mod, k, v)
+
+
+def train(attn_implementation=None):
+    with rgpt_bindings():
+        llava_train.train(attn_implementation=attn_implementation)
+    trainer = RGPTTrainer.last
+    if trainer is not None and trainer.args.should_save:
+        print(summarize_skips(getattr(trainer.train_dataset, "skipped_log", None)))
+
+
+if __name__ == "__main__":
+    train()

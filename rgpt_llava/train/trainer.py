@@ -1,0 +1,163 @@
+"""LLaVA's trainer with RGPT's checkpoints: the refiner travels with the projector everywhere the projector goes.
+
+- stage 1 (``--tune_mm_mlp_adapter``): every checkpoint, intermediate ones too, holds ``mm_projector.bin`` with the
+  projector AND the refiner, plus the optimizer, scheduler and RNG states LLaVA's version drops, so
+  ``--resume_from_checkpoint`` / a rerun continues the same run;
+- LoRA: every checkpoint holds ``non_lora_trainables.bin`` (projector, refiner) and the RGPT ``config.json`` beside
+  the adapter, so each one loads with the builder and resumes with its projector and refiner;
+- saving needs DeepSpeed only when the parameters are DeepSpeed's (LLaVA's ``maybe_zero_3`` imports it always).
+"""
+import logging
+import os
+from typing import Dict, Optional
+
+import torch
+from transformers import Trainer
+
+from llava.train.llava_trainer import LLaVATrainer
+
+logger = logging.getLogger(__name__)
+
+REGION_MODULE_KEYS = ("mm_projector", "mm_refiner")
+STAGE1_FILE = "mm_projector.bin"
+NON_LORA_FILE = "non_lora_trainables.bin"
+
+
+def maybe_zero_3(param, ignore_status=False, name=None):
+    """LLaVA's helper without the unconditional DeepSpeed import: gather only a ZeRO-3 partitioned parameter."""
+    if hasattr(param, "ds_id"):
+        from deepspeed import zero
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+        if param.ds_status == ZeroParamStatus.NOT_AVAILABLE and not ignore_status:
+            logger.warning(f"{name}: param.ds_status != ZeroParamStatus.NOT_AVAILABLE: {param.ds_status}")
+        with zero.GatheredParameters([param]):
+            return param.data.detach().cpu().clone()
+    return param.detach().cpu().clone()
+
+
+def region_module_state(named_params) -> Dict[str, torch.Tensor]:
+    """Projector + refiner weights (LLaVA's ``mm_projector.bin``, with the refiner added)."""
+    return {k: maybe_zero_3(v, ignore_status=True) for k, v in named_params
+            if any(key in k for key in REGION_MODULE_KEYS)}
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(_unwrap(model), PeftModel)
+
+
+def _base_model(model):
+    model = _unwrap(model)
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _unshare(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Copy tensors that share storage with an earlier one.
+
+    A ZeRO-3 consolidated state dict can hand back parameters created after the LLM (projector, refiner) as views of
+    one buffer; save_pretrained then keeps one name per storage and silently drops the rest ("Removed shared
+    tensor"), leaving a checkpoint without them. Copies keep every weight.
+    """
+    seen, out = set(), {}
+    for key, value in state_dict.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else None
+        if ptr is not None and ptr in seen:
+            value = value.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[key] = value
+    return out
+
+
+class RGPTTrainer(LLaVATrainer):
+    last = None  # the most recent trainer, for the summary printed after LLaVA's train() returns
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RGPTTrainer.last = self
+        base = _base_model(self.model).get_model()
+        refiner = base.get_refiner() if hasattr(base, "get_refiner") else None
+        if refiner is not None:
+            # LLaVA's train() freezes everything but the projector for stage 1 and lets LoRA freeze the rest:
+            # the refiner is trained with the projector in both stages (paper Sec. 3.2) unless asked otherwise.
+            refiner.requires_grad_(not self.args.freeze_mm_refiner)
+            if self.args.bits in (4, 8):
+                refiner.to(dtype=next(base.mm_projector.parameters()).dtype)
+        dataset = self.train_dataset
+        if dataset is not None and hasattr(dataset, "report_skip") and dataset.skipped_log is None:
+            dataset.skipped_log = os.path.join(self.args.output_dir, "skipped_samples.jsonl")
+            if self.args.should_save:
+                for name, reason in dataset.load_skips:
+                    dataset._append_skip_log(name, reason)
+
+    def floating_point_ops(self, inputs):
+        # Only logged. transformers 4.37 cannot count a 4-bit model's parameters without CUDA (its bitsandbytes
+        # check wants a GPU), although the model trains fine on the CPU: report 0 there instead of failing.
+        if getattr(_base_model(self.model), "is_loaded_in_4bit", False) and not torch.cuda.is_available():
+            return 0
+        return super().floating_point_ops(inputs)
+
+    # ---- saving ------------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial, metrics=None):
+        # LLaVA's stage-1 override writes only the projector; the base class also keeps optimizer, scheduler, RNG
+        # and trainer state, and calls _save below for the weights.
+        Trainer._save_checkpoint(self, model, trial, metrics)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        base = _base_model(self.model)
+        if getattr(self.args, "tune_mm_mlp_adapter", False):
+            if state_dict is not None:
+                weights = {k: v.cpu() for k, v in state_dict.items() if any(key in k for key in REGION_MODULE_KEYS)}
+            else:
+                weights = region_module_state(self.model.named_parameters())
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                base.config.save_pretrained(output_dir)
+                torch.save(weights, os.path.join(output_dir, STAGE1_FILE))
+            return
+        if state_dict is not None:
+            state_dict = _unshare(state_dict)
+        Trainer._save(self, output_dir, state_dict)
+        if _is_peft(self.model):
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n}
+            if state_dict is not None:
+                non_lora = {k: v.cpu() for k, v in state_dict.items() if k in trainable}
+            else:
+                non_lora = {k: maybe_zero_3(v, ignore_status=True) for k, v in self.model.named_parameters()
+                            if k in trainable}
+            if self.args.should_save:
+                base.config.save_pretrained(output_dir)
+                torch.save(non_lora, os.path.join(output_dir, NON_LORA_FILE))
+
+    # ---- resuming ----------------------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        stage1 = os.path.join(resume_from_checkpoint, STAGE1_FILE)
+        if getattr(self.args, "tune_mm_mlp_adapter", False) and os.path.isfile(stage1):
+            self._load_partial(model, stage1)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        non_lora = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        if _is_peft(model) and os.path.isfile(non_lora):
+            self._load_partial(model, non_lora)
+
+    @staticmethod
+    def _load_partial(model, path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(_unwrap(model).named_parameters())
+        unknown = [k for k in state if k not in params]
+        if unknown:
+            raise ValueError(f"{path}: weights the model does not have: {unknown[:8]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v.to(params[k].dtype))

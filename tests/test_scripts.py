@@ -28,3 +28,41 @@ def test_tiny_entry_rejects_missing_tokenizer(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rgpt_llava.tiny", "--out", str(tmp_path / "t"), "--tokenizer",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no such folder" in proc.stderr
+
+
+def dry_run(script, **env):
+    proc = subprocess.run(["bash", f"scripts/rgpt/{script}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, DRY_RUN="1", **env))
+    return proc
+
+
+def flags(cmd: str) -> dict:
+    words = cmd.split()
+    out = {}
+    for i, w in enumerate(words):
+        if w.startswith("--") and i + 1 < len(words):
+            out[w[2:]] = words[i + 1]  # the last occurrence wins, as in argparse
+    return out
+
+
+@pytest.mark.parametrize("script,lr,global_batch,gpus", [
+    ("pretrain.sh", "1e-3", 256, "8"), ("pretrain.sh", "1e-3", 256, "4"),
+    ("finetune.sh", "2e-5", 128, "8"), ("finetune_lora.sh", "2e-4", 128, "2"), ("finetune_qlora.sh", "2e-4", 128, "1"),
+])
+def test_training_scripts_keep_the_paper_recipe(script, lr, global_batch, gpus):
+    proc = dry_run(script, GPUS=gpus)
+    assert proc.returncode == 0, proc.stderr
+    f = flags(proc.stdout)
+    n_gpus = 1 if script == "finetune_qlora.sh" else int(gpus)
+    assert f["learning_rate"] == lr
+    assert n_gpus * int(f["per_device_train_batch_size"]) * int(f["gradient_accumulation_steps"]) == global_batch
+    assert f["image_aspect_ratio"] == "pad" and f["mm_vision_select_layer"] == "-2" and f["version"] == "v1"
+    if script == "finetune_qlora.sh":
+        assert f["bits"] == "4" and f["lora_enable"] == "True" and "deepspeed" not in f
+    if script == "pretrain.sh":
+        assert f["tune_mm_mlp_adapter"] == "True" and f["weight_decay"] == "0." and f["warmup_ratio"] == "0.03"
+
+
+def test_training_script_rejects_an_indivisible_batch():
+    proc = dry_run("pretrain.sh", GPUS="3")
+    assert proc.returncode != 0 and "not a multiple of GPUS (3)" in proc.stderr

@@ -195,7 +195,7 @@ def evaluate(annotation_file: Union[str, dict, list], answers: Union[str, List[d
                            "missing_ids": [orig[k] for k in missing[:10]],
                            "num_empty_answers": sum(1 for k in ids if not clean(cands[k])), **corpus}
     if per_item:
-        out["per_item"] = [{"question_id": orig[k], **{m: items[m][i] for m in items}} for i, k in enumerate(ids)]
+        out["per_item"] = [{"question_id": by_id[k]["question_id"], **{m: items[m][i] for m in items}} for i, k in enumerate(ids)]
     return out
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import copy
 import io
 import math
 import re
@@ -273,7 +272,8 @@ def coco_map(gt: dict, detections: List[dict], img_ids: Optional[Sequence] = Non
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        # an empty 'segmentation' stops loadRes from adding a polygon per detection (bbox evaluation never reads it)
+        coco_dt = coco_gt.loadRes([dict(d, segmentation=[]) for d in detections])
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if img_ids is not None:
             ev.params.imgIds = list(img_ids)
@@ -465,7 +465,7 @@ def summary_rows(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
                                    ("accuracy (%)", res["accuracy"]),
                                    ("out-of-vocabulary answers", res["num_out_of_vocabulary"])]
     if res.get("synonym"):
-        rows += [(f"synonym-aware accuracy (%)", res["synonym"]["accuracy"]),
+        rows += [("synonym-aware accuracy (%)", res["synonym"]["accuracy"]),
                  ("answers remapped by embedding", res["synonym"]["num_remapped"])]
     if res.get("ranking_accuracy") is not None:
         rows.append(("ranking accuracy, argmax (%)", res["ranking_accuracy"]))

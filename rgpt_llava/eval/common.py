@@ -43,7 +43,7 @@ def read_jsonl(path: str, what: str = "file") -> List[Tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append((lineno, json.loads(line)))
+                rows.append((lineno, json.loads(line.rstrip("\r\n"))))
             except json.JSONDecodeError as e:
                 raise EvalInputError(f"{what} {path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno})")
     return rows
@@ -75,8 +75,10 @@ def records(path: str, what: str) -> List[Tuple[str, dict]]:
     """Objects of a JSONL file (or a JSON list) as ``[(location, obj), ...]``; every item must be an object."""
     kind, data = read_json_or_jsonl(path, what)
     if kind == "json":
-        if isinstance(data, dict):
-            data = [data]
+        if isinstance(data, dict):   # a one-object JSONL file
+            with open(path, "r", encoding="utf-8") as f:
+                first = next((n for n, line in enumerate(f, 1) if line.strip()), 1)
+            return [(f"{what} {path}, line {first}", data)]
         if not isinstance(data, list):
             raise EvalInputError(f"{what} {path}: expected JSON lines or a JSON list of objects")
         rows = [(f"{what} {path}, item {i}", obj) for i, obj in enumerate(data)]
@@ -147,7 +149,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def print_table(title: str, rows: Sequence[Tuple[str, Any]], file=None, digits: int = 2) -> None:
     file = file or sys.stdout
-    width = max([len(k) for k, _ in rows] + [len(title)])
+    width = max([len(k) for k, _ in rows] + [20])
     print(title, file=file)
     print("-" * (width + 12), file=file)
     for k, v in rows:

@@ -4,6 +4,7 @@
 image once, derives image tokens (adaptive merge) and region tokens (mask pooling) from the same refined map, projects
 both with the one ``mm_projector`` and splices them into the text embeddings at their sentinels.
 """
+import warnings
 from typing import List, Optional, Sequence
 
 import torch
@@ -44,6 +45,16 @@ class RGPTMetaModel(LlavaMetaModel):
         else:
             for p in self.mm_refiner.parameters():  # in case it is frozen by LoRA, as LLaVA does for the projector
                 p.requires_grad = True
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter is not None:
+            # RGPT's stage-1 mm_projector.bin holds the refiner beside the projector (LLaVA loaded the projector).
+            weights = torch.load(adapter, map_location="cpu", weights_only=True)
+            refiner = {k.split("mm_refiner.", 1)[1]: v for k, v in weights.items() if "mm_refiner." in k}
+            if refiner:
+                self.mm_refiner.load_state_dict(refiner, strict=True)
+            elif list(self.mm_refiner.parameters()):
+                warnings.warn(f"{adapter} holds no refiner weights (a LLaVA projector?): the refiner starts from "
+                              f"its initialisation")
 
 
 def region_indices(ids: torch.Tensor) -> torch.Tensor:

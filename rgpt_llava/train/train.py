@@ -90,6 +90,12 @@ def rgpt_bindings():
 
 
 def train(attn_implementation=None):
+    # LLaVA builds the projector (and here the refiner) before the Trainer seeds anything, so two runs of the same
+    # command start from different weights; seed first, from the run's own --seed.
+    import transformers
+    parser = transformers.HfArgumentParser((RGPTModelArguments, RGPTDataArguments, RGPTTrainingArguments))
+    training_args = parser.parse_args_into_dataclasses(return_remaining_strings=True)[2]
+    transformers.set_seed(training_args.seed)
     with rgpt_bindings():
         llava_train.train(attn_implementation=attn_implementation)
     trainer = RGPTTrainer.last

@@ -7,6 +7,7 @@
   the adapter, so each one loads with the builder and resumes with its projector and refiner;
 - saving needs DeepSpeed only when the parameters are DeepSpeed's (LLaVA's ``maybe_zero_3`` imports it always).
 """
+import contextlib
 import logging
 import os
 from typing import Dict, Optional
@@ -78,6 +79,23 @@ def _unshare(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+@contextlib.contextmanager
+def _trusted_torch_load():
+    """torch >= 2.6 loads with ``weights_only=True`` by default; transformers 4.37 reads its own checkpoint files
+    (RNG states hold numpy arrays) without saying so and fails to resume. The files are this run's own: trust them."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 class RGPTTrainer(LLaVATrainer):
     last = None  # the most recent trainer, for the summary printed after LLaVA's train() returns
 
@@ -140,6 +158,14 @@ class RGPTTrainer(LLaVATrainer):
                 torch.save(non_lora, os.path.join(output_dir, NON_LORA_FILE))
 
     # ---- resuming ----------------------------------------------------------------------------------------------
+    def _load_rng_state(self, checkpoint):
+        with _trusted_torch_load():
+            return super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with _trusted_torch_load():
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = self.model if model is None else model
         stage1 = os.path.join(resume_from_checkpoint, STAGE1_FILE)

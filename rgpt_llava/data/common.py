@@ -27,6 +27,8 @@ __all__ = [
     "CocoIndex",
     "load_json",
     "write_json",
+    "require",
+    "iter_progress",
     "rng_for",
     "image_path",
     "clean_text",
@@ -95,6 +97,12 @@ def clean_text(text: Any) -> str:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _all_numbers(seq: list) -> bool:
+    """Every item a finite int / float (not bool); fast enough for millions of polygon coordinates (the sum of finite
+    numbers is finite, NaN / inf propagate)."""
+    return all(type(v) is float or type(v) is int for v in seq) and math.isfinite(sum(seq))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -176,7 +184,8 @@ def _polygon_area(coords: Sequence[float]) -> float:
     return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2.0
 
 
-def _check_segmentation(seg: Any, size: Optional[Tuple[int, int]], bbox: Optional[List[float]]) -> Tuple[Any, str]:
+def _check_segmentation(seg: Any, size: Optional[Tuple[int, int]], bbox: List[float],
+                        area: Any = None) -> Tuple[Any, str]:
     """``(normalised segmentation, "")`` or ``(None, problem)``; ``problem`` starts with the skip reason."""
     if isinstance(seg, dict):
         counts, rle_size = seg.get("counts"), seg.get("size")
@@ -194,20 +203,20 @@ def _check_segmentation(seg: Any, size: Optional[Tuple[int, int]], bbox: Optiona
         elif isinstance(counts, str):
             from pycocotools import mask as mask_utils
             try:
-                area = int(mask_utils.area({"size": [h, w], "counts": counts.encode("ascii")}))
+                pixels = int(mask_utils.area({"size": [h, w], "counts": counts.encode("ascii")}))
             except Exception as e:  # corrupt strings raise assorted errors
                 return None, f"malformed segmentation: cannot decode the RLE counts ({e})"
-            if area == 0:
+            if pixels == 0:
                 return None, "empty segmentation: the RLE has no foreground pixel"
         else:
             return None, "malformed segmentation: RLE 'counts' must be a string or a list of ints"
         return dict(seg), ""
     if not isinstance(seg, list):
         return None, f"malformed segmentation: expected a polygon list or an RLE dict, got {type(seg).__name__}"
-    polys = [seg] if seg and all(_is_number(v) for v in seg) else seg
+    polys = [seg] if seg and not isinstance(seg[0], list) else seg
     clean = []
     for k, poly in enumerate(polys):
-        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+        if not isinstance(poly, list) or not _all_numbers(poly):
             return None, f"malformed segmentation: polygon {k} must be a list of finite x,y numbers"
         if len(poly) % 2:
             return None, f"malformed segmentation: polygon {k} has an odd number of coordinates ({len(poly)})"
@@ -224,8 +233,11 @@ def _check_segmentation(seg: Any, size: Optional[Tuple[int, int]], bbox: Optiona
         return None, "malformed segmentation: empty polygon list"
     # A tiny or sliver polygon can rasterise to no pixel at all, which the model's mask pooling rejects. Rasterising
     # every polygon costs ~0.2 ms each (minutes on LVIS), so only suspicious ones are rasterised (pycocotools, the
-    # same rasterisation rgpt_llava.geometry uses).
-    small = (bbox is not None and min(bbox[2], bbox[3]) < 4.0) or sum(_polygon_area(p) for p in clean) < 16.0
+    # same rasterisation rgpt_llava.geometry uses): a box side under 4 px, or a small area (the annotation's own
+    # 'area', which COCO and LVIS compute from the mask, else the polygons' shoelace area).
+    if not _is_number(area):
+        area = sum(_polygon_area(p) for p in clean)
+    small = min(bbox[2], bbox[3]) < 4.0 or area < 16.0
     if small and size is not None:
         from pycocotools import mask as mask_utils
         rle = mask_utils.merge(mask_utils.frPyObjects(clean, int(size[1]), int(size[0])))
@@ -238,14 +250,15 @@ def coco_region(ann: dict, size: Optional[Tuple[int, int]], stats: Stats, item: 
                 boxes_only: bool = False) -> Optional[dict]:
     """The region of a COCO-style annotation: ``{"bbox": [x, y, w, h]}`` plus ``"segmentation"`` (polygons or RLE)
     when present and ``boxes_only`` is false; ``None`` (counted skip with a warning) when the box or segmentation is
-    unusable. The box is always required: it is what every source has and what the summary checks."""
+    unusable. The box is always required: every source has one, and the loader can fall back to it
+    (``region_box_prob``). Polygons are checked for emptiness only when the image size is known."""
     bbox = box_region(ann.get("bbox"), size, stats, item)
     if bbox is None:
         return None
     region = {"bbox": bbox}
     seg = ann.get("segmentation")
     if not boxes_only and seg not in (None, [], {}):
-        clean, problem = _check_segmentation(seg, size, bbox)
+        clean, problem = _check_segmentation(seg, size, bbox, ann.get("area"))
         if clean is None:
             reason = problem.split(":", 1)[0]
             stats.skip(reason, item, problem)
@@ -359,34 +372,40 @@ class CocoIndex:
         self.categories = self._index(data.get("categories") or [], "category")
         self.anns = self._index(data["annotations"], "annotation")
         self.anns_by_image: Dict[Any, List[dict]] = {}
-        for ann in data["annotations"]:
-            aid = ann["id"]
-            require("image_id" in ann, path, f"annotation {aid} has no 'image_id'")
-            require(ann["image_id"] in self.images, path,
-                    f"annotation {aid} refers to image id {ann['image_id']!r}, which is not in 'images'")
-            if need_categories:
-                require("category_id" in ann, path, f"annotation {aid} has no 'category_id'")
-                require(ann["category_id"] in self.categories, path,
-                        f"annotation {aid} refers to category id {ann['category_id']!r}, which is not in 'categories'")
-            self.anns_by_image.setdefault(ann["image_id"], []).append(ann)
+        self._sizes: Dict[Any, Optional[Tuple[int, int]]] = {}
+        for ann in data["annotations"]:  # hot loop (millions on LVIS / V3Det): messages built only on failure
+            image_id, category_id = ann.get("image_id"), ann.get("category_id")
+            if image_id not in self.images:
+                raise DataError(f"{path}: annotation {ann['id']} " + (
+                    f"refers to image id {image_id!r}, which is not in 'images'" if "image_id" in ann
+                    else "has no 'image_id'"))
+            if need_categories and category_id not in self.categories:
+                raise DataError(f"{path}: annotation {ann['id']} " + (
+                    f"refers to category id {category_id!r}, which is not in 'categories'" if "category_id" in ann
+                    else "has no 'category_id'"))
+            self.anns_by_image.setdefault(image_id, []).append(ann)
 
     def _index(self, items: list, what: str) -> Dict[Any, dict]:
         out: Dict[Any, dict] = {}
         for i, item in enumerate(items):
-            require(isinstance(item, dict) and "id" in item, self.path,
-                    f"{what} #{i} must be an object with an 'id', got {str(item)[:80]}")
-            require(item["id"] not in out, self.path, f"duplicate {what} id {item['id']!r}")
+            if not isinstance(item, dict) or "id" not in item:
+                raise DataError(f"{self.path}: {what} #{i} must be an object with an 'id', got {str(item)[:80]}")
+            if item["id"] in out:
+                raise DataError(f"{self.path}: duplicate {what} id {item['id']!r}")
             out[item["id"]] = item
         return out
 
     def size(self, image_id: Any) -> Optional[Tuple[int, int]]:
         """``(width, height)`` of the image when the file has them (positive numbers), else ``None``."""
-        img = self.images[image_id]
-        w, h = img.get("width"), img.get("height")
-        if _is_number(w) and _is_number(h):
-            require(w > 0 and h > 0, self.path, f"image {image_id} has a non-positive size {w}x{h}")
-            return int(w), int(h)
-        return None
+        if image_id not in self._sizes:
+            img = self.images[image_id]
+            w, h = img.get("width"), img.get("height")
+            size = None
+            if _is_number(w) and _is_number(h):
+                require(w > 0 and h > 0, self.path, f"image {image_id} has a non-positive size {w}x{h}")
+                size = (int(w), int(h))
+            self._sizes[image_id] = size
+        return self._sizes[image_id]
 
     def file_name(self, image_id: Any) -> str:
         """The image's path relative to the dataset's image root: ``file_name`` (COCO, V3Det, RefCOCOg), else the last

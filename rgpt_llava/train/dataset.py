@@ -27,8 +27,9 @@ from llava.mm_utils import process_images
 from llava.train.train import DataCollatorForSupervisedDataset, LazySupervisedDataset
 
 from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX
+from rgpt_llava.data.common import check_sample
 from rgpt_llava.geometry import parse_region, process_regions
-from rgpt_llava.mm_utils import check_region_references, tokenizer_region_token
+from rgpt_llava.mm_utils import tokenizer_region_token
 
 logger = logging.getLogger(__name__)
 
@@ -80,30 +81,6 @@ def sample_name(sample, index) -> str:
     return f"sample {index}" + (f" (id {sid})" if sid is not None else "")
 
 
-def check_sample(sample) -> Optional[str]:
-    """Structural problems found without opening the image: the reason, or None."""
-    if not isinstance(sample, dict):
-        return "not a JSON object"
-    convs = sample.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        return "no 'conversations' list"
-    for turn in convs:
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(
-                turn.get("value"), str):
-            return "a turn is not {'from': 'human'|'gpt', 'value': str}"
-    regions = sample.get("regions") or []
-    if not isinstance(regions, list):
-        return "'regions' is not a list"
-    if regions and "image" not in sample:
-        return "regions without an image"
-    human = "\n".join(t["value"] for t in convs if t["from"] == "human")
-    try:
-        check_region_references(human, len(regions), require_all=False)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 class RegionSupervisedDataset(LazySupervisedDataset):
     """LLaVA's ``LazySupervisedDataset`` (lengths, modality_lengths, preprocessing) with region masks."""
 
@@ -115,8 +92,8 @@ class RegionSupervisedDataset(LazySupervisedDataset):
         samples = load_samples(data_path)
         self.list_data_dict, self.load_skips = [], []
         for i, sample in enumerate(samples):
-            reason = check_sample(sample)
-            if reason is None:
+            reason = check_sample(sample)  # the same check the data converters apply before writing
+            if not reason:
                 self.list_data_dict.append(sample)
             else:
                 # logged now; written to the skip log once the trainer has named it (RGPTTrainer), or now if set

@@ -20,6 +20,7 @@ Per image, one conversation over all refs of the chosen split (paper A.2):
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from typing import Any, Dict, List, Optional, Sequence
@@ -37,6 +38,24 @@ def load_refs(path: str) -> list:
     load only files from the dataset's own distribution."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found (RefCOCOg refs pickle)")
+    if path.endswith(".json"):  # the same list, exported as JSON
+        try:
+            with open(path) as f:
+                refs = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+    else:
+        refs = _load_pickle(path)
+    require(isinstance(refs, list), path, f"expected a list of refs, got a {type(refs).__name__}")
+    for i, ref in enumerate(refs):
+        require(isinstance(ref, dict), path, f"ref #{i} must be a dict, got {type(ref).__name__}")
+        missing = [k for k in REF_KEYS if k not in ref]
+        require(not missing, path, f"ref #{i} (ref_id {ref.get('ref_id')!r}) lacks {missing}")
+        require(isinstance(ref["sentences"], list), path, f"ref {ref['ref_id']}: 'sentences' must be a list")
+    return refs
+
+
+def _load_pickle(path: str):
     try:
         with open(path, "rb") as f:
             try:
@@ -46,12 +65,6 @@ def load_refs(path: str) -> list:
                 refs = pickle.load(f, encoding="latin1")
     except Exception as e:  # UnpicklingError, EOFError, ... : not a refs file
         raise DataError(f"{path}: cannot read the RefCOCOg refs pickle: {type(e).__name__}: {e}") from None
-    require(isinstance(refs, list), path, f"expected a list of refs, got a {type(refs).__name__}")
-    for i, ref in enumerate(refs):
-        require(isinstance(ref, dict), path, f"ref #{i} must be a dict, got {type(ref).__name__}")
-        missing = [k for k in REF_KEYS if k not in ref]
-        require(not missing, path, f"ref #{i} (ref_id {ref.get('ref_id')!r}) lacks {missing}")
-        require(isinstance(ref["sentences"], list), path, f"ref {ref['ref_id']}: 'sentences' must be a list")
     return refs
 
 

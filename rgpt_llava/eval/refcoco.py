@@ -6,28 +6,19 @@ can run code when loaded: only load files you trust (the official release).
 """
 from __future__ import annotations
 
-import pickle
 from typing import Any, Dict, List, Optional
 
-from rgpt_llava.eval.common import EvalInputError, read_json, _check_file
+from rgpt_llava.eval.common import EvalInputError
 
 
 def load_refs(path: str) -> List[dict]:
-    if path.endswith(".json"):
-        refs = read_json(path, "refs file")
-    else:
-        _check_file(path, "refs file")
-        with open(path, "rb") as f:
-            try:
-                refs = pickle.load(f)
-            except UnicodeDecodeError:
-                f.seek(0)
-                refs = pickle.load(f, encoding="latin1")
-            except Exception as e:   # not a pickle
-                raise EvalInputError(f"refs file {path}: cannot be read as a pickle ({e})")
-    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-        raise EvalInputError(f"refs file {path}: expected a list of refs (dicts)")
-    return refs
+    """The refs list, read and checked by the training data's reader (one reader for both)."""
+    from rgpt_llava.data.common import DataError
+    from rgpt_llava.data.refcocog import load_refs as read_refs
+    try:
+        return read_refs(path)
+    except DataError as e:
+        raise EvalInputError(f"refs file {e}") from None
 
 
 def refcoco_items(refs: List[dict], split: str, instances: Optional[dict] = None) -> List[Dict[str, Any]]:

@@ -20,6 +20,19 @@ accumulation() {
   echo $((global / denom))
 }
 
+# Flags every RGPT run shares (LLaVA-1.5's, plus the refiner): the paper pads to square at 336 px in both stages.
+model_flags() {
+  echo --model_name_or_path "$MODEL_BASE" --version v1 \
+    --data_path "${DATA_PATH:-$1}" --image_folder "${IMAGE_FOLDER:-./playground/data}" \
+    --vision_tower "$VISION_TOWER" --mm_projector_type mlp2x_gelu --mm_refiner_type "$REFINER" \
+    --mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad
+}
+schedule_flags() {
+  echo --bf16 True --num_train_epochs 1 --evaluation_strategy no --save_strategy steps \
+    --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1 --model_max_length 2048 \
+    --gradient_checkpointing True --dataloader_num_workers 4 --lazy_preprocess True --report_to "${REPORT_TO:-none}"
+}
+
 launch() {
   local cmd
   if [ "${LAUNCHER:-deepspeed}" = deepspeed ]; then

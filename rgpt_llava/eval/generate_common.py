@@ -296,10 +296,19 @@ def _expand_cache(past, batch: int, rows: Optional[torch.Tensor] = None):
 
 
 def _lm_step(model, embeds, attention, positions, past):
+    # The cache is handled here as legacy (key, value) tuples, which are easy to slice and expand along the batch;
+    # transformers >= 4.5x only accepts Cache objects, so convert at the model boundary (DynamicCache exists since
+    # 4.36 and round-trips exactly).
+    if isinstance(past, tuple):
+        from transformers import DynamicCache
+        past = DynamicCache.from_legacy_cache(past)
     out = model.get_model()(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
                             past_key_values=past, use_cache=True, return_dict=True)
     logits = model.lm_head(out.last_hidden_state).float()
-    return logits, out.past_key_values
+    new_past = out.past_key_values
+    if hasattr(new_past, "to_legacy_cache"):
+        new_past = new_past.to_legacy_cache()
+    return logits, new_past
 
 
 class SharedPrefix:
@@ -444,9 +453,12 @@ def generate_naive(model, tokenizer, images: Optional[Sequence[torch.Tensor]], p
         kw["region_masks"] = list(masks) if masks is not None else None
     out = model.generate(ids.to(model.device), attention_mask=att.to(model.device), do_sample=False,
                          num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                         use_cache=True, **kw)
-    # transformers 4.37 starts the output of an inputs_embeds generation with the BOS it initialises: drop it.
-    return [cut_at_eos(o.tolist()[1:], eos) for o in out]
+                         use_cache=True, return_dict_in_generate=True, output_scores=True, **kw)
+    # transformers 4.37 starts the output of an inputs_embeds generation with the BOS it initialises, later versions
+    # return only new tokens: what precedes the len(scores) generated steps is not an answer.
+    seqs = out.sequences
+    start = seqs.shape[1] - len(out.scores)
+    return [cut_at_eos(o.tolist()[start:], eos) for o in seqs]
 
 
 def run_main(main, argv=None) -> int:

@@ -1,6 +1,6 @@
 """RecapD-style detailed region captions (paper Sec. 3.3) -> detailed-description conversations (Table 22).
 
-The rows are JSON Lines, one region caption per line, as the captioning pipeline (``rgpt_llava.data.recap``, to come)
+The rows are JSON Lines, one region caption per line, as the captioning pipeline (``rgpt_llava.data.recap``, docs/RECAPD.md)
 will write them; ``docs/DATA.md`` is the reference::
 
     {"image": "coco/train2017/000000000009.jpg",  required: image path relative to the image folder

@@ -23,6 +23,7 @@ mask's sum is the region's area measured in output pixels (for the parts the cro
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -459,18 +460,24 @@ class _Axis:
         return full
 
 
+@functools.lru_cache(maxsize=4096)
 def _crop_axis(size: int, crop: int) -> Tuple[int, int]:
     """(offset, out_len) of ``transformers.image_transforms.center_crop`` along one axis.
 
-    Mirrors its two branches: a plain slice starting at ``(size - crop) // 2`` when the crop fits, otherwise the
-    zero-pad-then-slice path (including its off-by-one output length for odd size differences)."""
-    top = (size - crop) // 2
-    if top >= 0 and top + crop <= size:
-        return top, crop
-    new = max(crop, size)
-    pad = (new - size) // 2
-    start, end = max(0, top + pad), min(new, top + crop + pad)
-    return start - pad, end - start
+    Asked of the installed transformers itself, on a one-pixel-wide probe whose values are the source indices: its
+    zero-pad path for crops larger than the image changed between versions (4.37 returns one row fewer for odd
+    size differences, 4.57 the full crop), and the masks must match whichever one preprocesses the image."""
+    from transformers.image_transforms import center_crop
+
+    probe = np.arange(1, size + 1, dtype=np.int64).reshape(size, 1, 1)  # H x W x C, 0 marks padding
+    out = center_crop(probe, (crop, 1), data_format="channels_last", input_data_format="channels_last")
+    values = np.asarray(out)[:, 0, 0]
+    inside = np.nonzero(values)[0]
+    if inside.size == 0:
+        raise ValueError(f"the centre crop {crop} keeps nothing of an image side of {size} pixels")
+    # output position i shows source pixel values[i] - 1: offset = source index of output 0
+    offset = int(values[inside[0]] - 1 - inside[0])
+    return offset, int(values.shape[0])
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ def test_demo_script_end_to_end(tmp_path):
     venv = Path(sys.prefix)
     if not (venv / ".rgpt-installed").exists():
         pytest.skip(f"{venv} was not set up by scripts/install.sh; run the tests through scripts/test.sh")
-    env = dict(os.environ, RGPT_VENV=str(venv), RGPT_DEMO_DIR=str(tmp_path / "demo"))
+    stack = (venv / ".rgpt-installed").read_text().split("-")[0]  # install.sh stamps "<stack>-<hash>"
+    env = dict(os.environ, RGPT_VENV=str(venv), RGPT_STACK=stack, RGPT_DEMO_DIR=str(tmp_path / "demo"))
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

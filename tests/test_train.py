@@ -327,5 +327,10 @@ def test_saving_helpers_need_no_deepspeed(monkeypatch):
     assert torch.equal(maybe_zero_3(p), torch.ones(2))
     state = region_module_state([("model.mm_refiner.up1.weight", p), ("model.layers.0.w", p)])
     assert list(state) == ["model.mm_refiner.up1.weight"]
-    with pytest.raises(ImportError):  # LLaVA's own helper imports DeepSpeed unconditionally
-        llava_maybe_zero_3(p)
+    import inspect
+    source = inspect.getsource(llava_maybe_zero_3)
+    if source.index("from deepspeed import zero") < source.index('hasattr(param, "ds_id")'):
+        with pytest.raises(ImportError):  # unpatched LLaVA's own helper imports DeepSpeed unconditionally
+            llava_maybe_zero_3(p)
+    else:  # patches/0005 applied: LLaVA's helper needs no DeepSpeed either
+        assert torch.equal(llava_maybe_zero_3(p), torch.ones(2))

@@ -128,7 +128,8 @@ class RGPTTrainer(LLaVATrainer):
     def _save_checkpoint(self, model, trial, metrics=None):
         # LLaVA's stage-1 override writes only the projector; the base class also keeps optimizer, scheduler, RNG
         # and trainer state, and calls _save below for the weights.
-        Trainer._save_checkpoint(self, model, trial, metrics)
+        # (transformers >= 4.4x dropped the metrics argument; pass it only where it exists)
+        Trainer._save_checkpoint(self, model, trial, *(() if metrics is None else (metrics,)))
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir

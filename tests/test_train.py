@@ -196,8 +196,8 @@ def test_resume_continues_step_count_and_loss_curve(env):
     shutil.rmtree(resumed / "checkpoint-4")
     for f in ("mm_projector.bin", "trainer_state.json", "config.json"):
         (resumed / f).unlink()
-    proc = run(env, resumed, tune_mm_mlp_adapter=True, max_steps=4, save_steps=2, data=env.good,
-               per_device_train_batch_size=1)
+    run(env, resumed, tune_mm_mlp_adapter=True, max_steps=4, save_steps=2, data=env.good,
+        per_device_train_batch_size=1)
     a, steps_a = log_losses(straight)
     b, steps_b = log_losses(resumed)
     assert steps_a == steps_b == 4

@@ -14,7 +14,7 @@ import warnings
 from typing import Dict
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.quantize import bnb_config, quantize_linear_layers_

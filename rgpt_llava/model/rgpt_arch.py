@@ -5,7 +5,7 @@ image once, derives image tokens (adaptive merge) and region tokens (mask poolin
 both with the one ``mm_projector`` and splices them into the text embeddings at their sentinels.
 """
 import warnings
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn

@@ -11,7 +11,6 @@ Needs CUDA and bitsandbytes. Weights are random: memory does not depend on their
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

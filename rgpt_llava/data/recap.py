@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
+from rgpt_llava.jsonl import read_resumable_jsonl
 
 PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recap_prompts.json")
 GLOBAL_SLOT, CLASS_SLOT = "<GlobalCaption>", "<ClassName>"
@@ -147,30 +148,11 @@ class LlavaGenerator:
 # Resumable output
 # ----------------------------------------------------------------------------------------------------------------------
 def _read_jsonl(path: str) -> List[dict]:
-    """Objects of a JSONL file; a cut last line (crash while writing) is dropped and the file rewritten without it;
-    a malformed line elsewhere is an error."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    rows, cut = [], False
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-            rows.append(obj)
-        except ValueError:
-            if any(x.strip() for x in lines[n:]):
-                raise DataError(f"{path}: line {n}: not a JSON object (and not a cut last line); fix or delete "
-                                f"the file to resume") from None
-            cut = True
-    if cut:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
+    """Rows written so far (a line cut by a crash is dropped; see rgpt_llava.jsonl)."""
+    try:
+        return read_resumable_jsonl(path)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}; fix or delete the file to resume") from None
 
 
 class JsonlAppender:

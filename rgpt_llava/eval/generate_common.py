@@ -25,6 +25,7 @@ import torch
 
 from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.eval.common import EvalInputError, id_key
+from rgpt_llava.jsonl import read_resumable_jsonl
 
 DEFAULT_CONV_MODE = "vicuna_v1"
 
@@ -118,27 +119,12 @@ class AnswerWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self.done = set()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-            good, dropped = [], False
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    self.done.add(id_key(obj["question_id"]))
-                    good.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    if any(x.strip() for x in lines[n:]):
-                        fail(f"answers file {path}, line {n}: malformed answer line (not a cut last line); "
-                             f"fix or delete the file")
-                    dropped = True   # the last line was cut by a crash: regenerate it
-            if dropped:
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write("".join(g + "\n" for g in good))
+        try:
+            rows = read_resumable_jsonl(path, check=lambda obj: id_key(obj["question_id"]))
+        except ValueError as e:
+            fail(f"answers file {path}, {e}; fix or delete the file")
+        self.done = {id_key(r["question_id"]) for r in rows}
         self.num_written = 0
         self._f = open(path, "a", encoding="utf-8")
 

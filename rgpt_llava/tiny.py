@@ -50,13 +50,13 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
 
 
 def build_tiny_clip(out_dir, image_size: int = 56, patch_size: int = 14, hidden_size: int = 32,
-                    num_layers: int = 2, seed: int = 0):
+                    num_layers: int = 2, seed: int = 0, num_heads: int = None):
     """A random ``CLIPVisionModel`` + ``CLIPImageProcessor`` saved where LLaVA's ``mm_vision_tower`` can load it."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(seed)
     cfg = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
-                           num_attention_heads=max(1, hidden_size // 16), image_size=image_size,
+                           num_attention_heads=num_heads or max(1, hidden_size // 16), image_size=image_size,
                            patch_size=patch_size, projection_dim=hidden_size)
     CLIPVisionModel(cfg).save_pretrained(out_dir)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},

@@ -187,3 +187,35 @@ def test_config_round_trip(tmp_path):
     assert (back.model_type, back.mm_refiner_type, back.mm_refiner_scale, back.mm_merge_size) == \
         ("rgpt_llama", "bilinear", 8, [12, 12])
     assert RGPTConfig().mm_refiner_type == "deconv"  # the paper's design is the default of a fresh config
+
+
+def test_sparse_lm_head_gives_the_same_loss_and_gradients(tokenizer, tiny_llava_dir):
+    """sparse_lm_head applies the LM head only at supervised positions: same loss and gradients as the full head."""
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, PX, PX)
+    a = ids_of(tokenizer, "<image>\nwhat is <region1>? a cat on a mat")
+    b = ids_of(tokenizer, "<image>\nname <region1> and <region2>. two dogs")
+    ids, att = pad_batch([a, b])
+    labels = ids.clone()
+    labels[att == 0] = IGNORE_INDEX
+    labels[:, :6] = IGNORE_INDEX      # a prompt part that is not supervised
+    masks = [box_mask(0, 20, 0, 20)[None], torch.stack([box_mask(5, 30, 5, 30), box_mask(30, 56, 0, 56)])]
+    results = []
+    for sparse in (False, True):
+        model = make_rgpt(tiny_llava_dir, sparse_lm_head=sparse).train()
+        out = model(ids, attention_mask=att, images=images, region_masks=masks, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.logits.shape, grads))
+    (full_loss, full_shape, full_grads), (sparse_loss, sparse_shape, sparse_grads) = results
+    assert torch.allclose(full_loss, sparse_loss, rtol=1e-6, atol=1e-6)
+    assert full_grads.keys() == sparse_grads.keys() and "lm_head.weight" in sparse_grads
+    for n in full_grads:
+        assert torch.allclose(full_grads[n], sparse_grads[n], rtol=1e-4, atol=1e-6), n
+    supervised = int(((labels[:, 1:] != IGNORE_INDEX) & (labels[:, 1:] >= 0)).sum())  # sentinels become vision tokens
+    assert sparse_shape == (supervised, full_shape[-1]) and len(full_shape) == 3
+    # without labels (generation) the flag changes nothing: full logits
+    model = make_rgpt(tiny_llava_dir, sparse_lm_head=True)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=att, images=images, region_masks=masks).logits
+    assert logits.shape == full_shape

@@ -166,6 +166,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--load-4bit", action="store_true")
     ap.add_argument("--load-8bit", action="store_true")
+    ap.add_argument("--regions-as-text", action="store_true",
+                    help="baseline for plain LLaVA: write each region into the prompt as its box [x1, y1, x2, y2] "
+                         "(normalised to the image the model sees) instead of a region token; no masks are passed")
     ap.add_argument("--naive", action="store_true",
                     help="reference path: model.generate per batch of full prompts (no KV-cache reuse)")
 
@@ -215,6 +218,26 @@ def region_masks(regions: Sequence[Any], image, image_processor, model, where: s
     except (ValueError, FileNotFoundError) as e:
         fail(f"{where}: {e}")
     return m.to(model.device, dtype=model.dtype)
+
+
+def region_inputs(args, tokenizer, model, image_processor, prompt: str, regions: Sequence[dict], image,
+                  where: str) -> Tuple[List[int], Optional[torch.Tensor]]:
+    """Token ids and region masks of a prompt about ``regions`` (dicts with ``bbox`` / ``segmentation``).
+
+    With ``--regions-as-text`` the placeholders become the regions' box text and the masks are ``None``.
+    """
+    if getattr(args, "regions_as_text", False):
+        from rgpt_llava.data.text_regions import box_text, replace_regions
+        try:
+            boxes = []
+            for k, r in enumerate(regions):
+                if "bbox" not in r:
+                    raise ValueError(f"region {k + 1} has no 'bbox' (--regions-as-text needs boxes)")
+                boxes.append(box_text(r["bbox"], *image.size, getattr(model.config, "image_aspect_ratio", "pad")))
+            return tokenize(tokenizer, replace_regions(prompt, boxes)), None
+        except ValueError as e:
+            fail(f"{where}: {e}")
+    return tokenize(tokenizer, prompt), region_masks(regions, image, image_processor, model, where)
 
 
 def tokenize(tokenizer, prompt: str) -> List[int]:

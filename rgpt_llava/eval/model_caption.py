@@ -35,7 +35,7 @@ def main(argv=None):
     G.check_chunk_args(args)
     qs = G.get_chunk(G.read_question_file(args.question_file), args.num_chunks, args.chunk_idx)
     tokenizer, model, ip = G.load_model(args)
-    prompt = G.tokenize(tokenizer, G.conv_prompt([(args.prompt, None)], args.conv_mode))
+    prompt = G.conv_prompt([(args.prompt, None)], args.conv_mode)
     with G.AnswerWriter(args.answers_file) as w:
         for name, group in G.group_by(qs, image_name).items():
             todo = [q for q in group if not w.is_done(q["question_id"])]
@@ -43,8 +43,11 @@ def main(argv=None):
                 continue
             img = G.load_image(args.image_folder, name, todo[0]["_where"])
             x = G.image_tensor(model, ip, img)
-            masks = [G.region_masks([region_of(q)], img, ip, model, q["_where"]) for q in todo]
-            outs = G.generate_same_image(model, x, [prompt] * len(todo), masks, args.max_new_tokens,
+            inputs = [G.region_inputs(args, tokenizer, model, ip, prompt,
+                                      [{"bbox": q["bbox"]} if args.regions_as_text and "bbox" in q else region_of(q)],
+                                      img, q["_where"]) for q in todo]
+            outs = G.generate_same_image(model, x, [ids for ids, _ in inputs], [m for _, m in inputs],
+                                         args.max_new_tokens,
                                          tokenizer.eos_token_id, args.batch_size)
             for q, o in zip(todo, outs):
                 w.write({"question_id": q["question_id"], "text": G.decode(tokenizer, o), "image": name})

@@ -93,8 +93,10 @@ def main(argv=None):
             q1 = question("<region1>", args.vocab_name)
             texts = []
             if args.mode == "one_turn_each":
-                masks = [G.region_masks([a], img, ip, model, a["_where"]) for a in todo]
-                prompts = [G.tokenize(tokenizer, G.conv_prompt([(q1, None)], args.conv_mode))] * len(todo)
+                inputs = [G.region_inputs(args, tokenizer, model, ip, G.conv_prompt([(q1, None)], args.conv_mode),
+                                          [a], img, a["_where"]) for a in todo]
+                prompts = [ids for ids, _ in inputs]
+                masks = [m for _, m in inputs]
                 if args.naive:
                     outs = []
                     for i in range(0, len(todo), args.batch_size):
@@ -105,18 +107,21 @@ def main(argv=None):
                     outs = G.generate_same_image(model, x, prompts, masks, args.max_new_tokens, eos, args.batch_size)
                 texts = [G.decode(tokenizer, o) for o in outs]
             else:
-                masks_all = G.region_masks([a for a in todo], img, ip, model, todo[0]["_where"])
                 if args.mode == "multi_turn":
                     turns = []
                     for k in range(len(todo)):
                         turns.append((question(f"<region{k + 1}>", args.vocab_name), None))
-                        ids = G.tokenize(tokenizer, G.conv_prompt(turns, args.conv_mode))
+                        ids, masks_all = G.region_inputs(args, tokenizer, model, ip,
+                                                         G.conv_prompt(turns, args.conv_mode), todo, img,
+                                                         todo[0]["_where"])
                         out = G.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
                         texts.append(G.decode(tokenizer, out))
                         turns[-1] = (turns[-1][0], texts[-1])
                 else:
-                    ids = G.tokenize(tokenizer, G.conv_prompt([(all_question(len(todo), args.vocab_name), None)],
-                                                              args.conv_mode))
+                    ids, masks_all = G.region_inputs(
+                        args, tokenizer, model, ip,
+                        G.conv_prompt([(all_question(len(todo), args.vocab_name), None)], args.conv_mode), todo,
+                        img, todo[0]["_where"])
                     out = G.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
                     raw = G.decode(tokenizer, out)
                     texts = parse_all(raw, len(todo))
@@ -125,9 +130,10 @@ def main(argv=None):
                 prompt = G.conv_prompt([(q1, None)], args.conv_mode)
                 if name_ids is None:
                     name_ids = [answer_ids(tokenizer, prompt, name) for _, name in cats]
-                pid = G.tokenize(tokenizer, prompt)
-                rmasks = [G.region_masks([a], img, ip, model, a["_where"]) for a in todo]
-                lp = torch.cat([G.score_candidates(model, x, [pid] * len(rmasks[i:i + args.batch_size]),
+                inputs = [G.region_inputs(args, tokenizer, model, ip, prompt, [a], img, a["_where"]) for a in todo]
+                pids = [ids for ids, _ in inputs]
+                rmasks = [m for _, m in inputs]
+                lp = torch.cat([G.score_candidates(model, x, pids[i:i + args.batch_size],
                                                    rmasks[i:i + args.batch_size], name_ids, args.rank_chunk)
                                 for i in range(0, len(todo), args.batch_size)])
                 scores = torch.softmax(lp, dim=1)

@@ -40,10 +40,12 @@ def main(argv=None):
                 continue
             img = G.load_image(args.image_folder, name, todo[0]["_where"])
             x = G.image_tensor(model, ip, img)
-            masks = [G.region_masks([{"bbox": c} for c in q["candidates"]], img, ip, model, q["_where"])
-                     for q in todo]
-            prompts = [G.tokenize(tokenizer, G.conv_prompt([(rec_question(len(q["candidates"]), q["expression"]),
-                                                             None)], args.conv_mode)) for q in todo]
+            inputs = [G.region_inputs(args, tokenizer, model, ip,
+                                      G.conv_prompt([(rec_question(len(q["candidates"]), q["expression"]), None)],
+                                                    args.conv_mode),
+                                      [{"bbox": c} for c in q["candidates"]], img, q["_where"]) for q in todo]
+            prompts = [ids for ids, _ in inputs]
+            masks = [m for _, m in inputs]
             outs = G.generate_same_image(model, x, prompts, masks, args.max_new_tokens, tokenizer.eos_token_id,
                                          args.batch_size)
             for q, o in zip(todo, outs):

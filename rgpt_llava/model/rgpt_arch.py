@@ -21,6 +21,7 @@ RGPT_CONFIG_DEFAULTS = {
     "mm_refiner_act": "gelu",      # activation between the two deconvolutions (the paper names none)
     "mm_refiner_scale": None,      # total upsampling of the bilinear variants (default 16, as Table 6)
     "mm_merge_size": None,         # [H, W] of the image-token grid; None = the vision tower's patch grid
+    "sparse_lm_head": False,       # training: LM head only at supervised positions (same loss, fewer FLOPs)
 }
 
 

@@ -13,6 +13,10 @@ class RGPTModelArguments(ModelArguments):
     mm_refiner_scale: Optional[int] = field(default=None, metadata={"help": "total upsampling of bilinear refiners"})
     mm_merge_size: Optional[List[int]] = field(
         default=None, metadata={"help": "image-token grid H W (default: the vision tower's patch grid)"})
+    sparse_lm_head: bool = field(
+        default=False, metadata={"help": "in training, apply the LM head only where labels are supervised: the same "
+                                         "loss and gradients without the [sequence x vocabulary] logits (saved in "
+                                         "config.json; generation is unaffected)"})
 
 
 @dataclass

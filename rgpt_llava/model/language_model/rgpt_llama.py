@@ -9,6 +9,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
+from rgpt_llava.constants import IGNORE_INDEX
 from rgpt_llava.model.rgpt_arch import RGPT_CONFIG_DEFAULTS, RGPTMetaForCausalLM, RGPTMetaModel
 
 
@@ -67,6 +68,9 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes,
                     region_masks=region_masks)
+        if labels is not None and getattr(self.config, "sparse_lm_head", False) and not output_hidden_states:
+            return self._supervised_only_loss(input_ids, attention_mask, position_ids, past_key_values,
+                                              inputs_embeds, labels, use_cache, output_attentions, return_dict)
         extra = {}
         if cache_position is not None and "cache_position" in _LLAMA_FORWARD_PARAMS:
             extra["cache_position"] = cache_position
@@ -84,6 +88,26 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
             return_dict=return_dict,
             **extra,
         )
+
+    def _supervised_only_loss(self, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+                              use_cache, output_attentions, return_dict):
+        """Llama's shifted cross-entropy, with the LM head applied only to the positions that have a label.
+
+        Instruction data supervises few tokens (the answers) of long sequences, and with a 32k vocabulary the
+        [tokens x vocab] logits dominate a small model's cost. The loss is the same mean over supervised tokens;
+        ``logits`` holds only the supervised positions' rows, in order.
+        """
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_attentions=output_attentions, return_dict=True)
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.lm_head(outputs.last_hidden_state[:, :-1][keep]).float()
+        loss = nn.functional.cross_entropy(logits, targets[keep])
+        if return_dict is False:
+            return (loss, logits) + tuple(v for v in (outputs.past_key_values, outputs.attentions) if v is not None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      attentions=outputs.attentions)
 
     @torch.no_grad()
     def generate(

@@ -1,0 +1,402 @@
+"""RegionShapes benchmark: a tiny RegionGPT built from scratch and trained end to end on a CPU.
+
+    python -m rgpt_llava.shapes_benchmark --out runs/shapes [--preset demo|ci|full] [--models rgpt,rgpt-none,llava-text]
+
+Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md, "Training a tiny RegionGPT"):
+
+1. ``rgpt_llava.data.shapes`` generates the train / val splits.
+2. A tiny CLIP-style tower (``CLIPVisionModel``) and a tiny Vicuna-style Llama are created with random weights; the
+   tokenizer is the real LLaMA one from ``../shared/assets/llama-tokenizer`` when present.
+3. ``rgpt_llava.train.pretrain_tower``: image-level pretraining of the tower (the analogue of CLIP's pretraining),
+   which is then frozen like RegionGPT's CLIP.
+4. ``rgpt_llava.train.train`` stage 1 (refiner + projector; tower and LLM frozen) then stage 2 (refiner + projector +
+   LLM), for each compared model:
+   ``rgpt`` (deconvolution refiner, regions as mask-pooled tokens), ``rgpt-none`` (no refinement: regions pooled on
+   the tower's patch grid) and ``llava-text`` (plain LLaVA: no region tokens, each region written in the prompt as its
+   box ``[x1, y1, x2, y2]``).
+5. ``rgpt_llava.eval``: classification (accuracy + COCOeval mAP, GT boxes), REC among the image's boxes, brief
+   captions (CIDEr + exact match) on the held-out split; a results table, sample dialogues and a PNG of answers.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TOKENIZER = ROOT.parent / "shared" / "assets" / "llama-tokenizer"
+
+# Budgets, in steps, measured on the 2-core reference machine (README, "Measured results").
+PRESETS = {
+    "demo": dict(n_train=3000, n_val=300, tower_seconds=0, stage1_steps=30, stage2_steps=200),
+    "full": dict(n_train=6000, n_val=300, tower_seconds=0, stage1_steps=60, stage2_steps=700),
+    "ci": dict(n_train=800, n_val=60, tower_seconds=0, stage1_steps=10, stage2_steps=100),
+}
+MODELS = {
+    "rgpt": dict(refiner="deconv", regions="tokens",
+                 label="RegionGPT (deconv refinement, mask-pooled region tokens)"),
+    "rgpt-none": dict(refiner="none", regions="tokens",
+                      label="RegionGPT, refinement none (regions pooled on the 16x16 patch grid)"),
+    "llava-text": dict(refiner="none", regions="text",
+                       label="plain LLaVA, regions as text boxes [x1, y1, x2, y2]"),
+}
+TOWER = dict(image_size=224, patch_size=14, hidden_size=128, num_layers=3, num_heads=2)
+LLM = dict(hidden_size=128, num_layers=2)
+
+
+class BenchmarkError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[shapes] {msg}", flush=True)
+
+
+def run(cmd: List[str], log_file: Path, what: str) -> float:
+    """Run a project entry point; its progress bar (stderr) shows, its stdout goes to ``log_file``."""
+    start = time.monotonic()
+    with open(log_file, "w") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=None if sys.stderr.isatty() else out, cwd=ROOT)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"{what} failed (exit {proc.returncode}); see {log_file}")
+    return time.monotonic() - start
+
+
+def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: Path, image_folder: Path,
+                steps: int, lr: float) -> List[str]:
+    return [
+        "--model_name_or_path", str(base), "--version", "v1", "--data_path", str(data_path),
+        "--image_folder", str(image_folder), "--vision_tower", str(tower), "--mm_projector_type", "mlp2x_gelu",
+        "--mm_refiner_type", cfg["refiner"], "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
+        "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--sparse_lm_head", "True",
+        "--region_box_prob", str(args.region_box_prob), "--per_device_train_batch_size", str(args.batch_size),
+        "--max_steps", str(steps), "--learning_rate", str(lr), "--weight_decay", "0.", "--warmup_ratio", "0.03",
+        "--lr_scheduler_type", "cosine", "--logging_steps", "10", "--model_max_length", "1024",
+        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--lazy_preprocess",
+        "True", "--use_cpu", "True", "--seed", str(args.seed), "--output_dir", str(out),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def prepare(args, out: Path) -> Dict[str, Path]:
+    """Data, random tower + LLM, pretrained tower (skipped when already there)."""
+    data = out / "data"
+    if not (data / "meta.json").is_file():
+        log(f"generating RegionShapes: {args.n_train} train + {args.n_val} val images -> {data}")
+        from rgpt_llava.data import shapes
+        rc = shapes.main(["--out", str(data), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
+                          "--seed", str(args.seed), "--overwrite"])
+        if rc:
+            raise BenchmarkError("RegionShapes generation failed")
+    text_train = data / "train_text.json"
+    if not text_train.is_file():
+        from rgpt_llava.data import text_regions
+        if text_regions.main(["--in", str(data / "train.json"), "--out", str(text_train)]):
+            raise BenchmarkError("converting the training conversations to text boxes failed")
+
+    base = out / "base"
+    tower = base / "tower"
+    if not (base / "llm" / "config.json").is_file():
+        from rgpt_llava.tiny import build_tiny_clip, build_tiny_llm, train_tiny_tokenizer
+        tok = Path(args.tokenizer) if args.tokenizer else None
+        if tok is None or not (tok / "tokenizer.model").is_file():
+            log(f"no LLaMA tokenizer at {args.tokenizer}: training a small SentencePiece tokenizer instead")
+            tok = Path(train_tiny_tokenizer(base / "tokenizer", vocab_size=1000))
+        log(f"building a random tiny CLIP tower {TOWER} and a tiny Llama {LLM} (tokenizer {tok})")
+        build_tiny_clip(base / "tower_random", seed=args.seed, **TOWER)
+        build_tiny_llm(base / "llm", tok, seed=args.seed, **LLM)
+    if args.tower_seconds <= 0:
+        log("no tower pretraining (--tower-seconds 0): the random tower is frozen as it is")
+        tower = base / "tower_random"
+    elif not (tower / "tower_pretraining.json").is_file():
+        log(f"pretraining the tower image-level for {args.tower_seconds:.0f} s (then it stays frozen)")
+        from rgpt_llava.train import pretrain_tower
+        summary = pretrain_tower.pretrain(
+            base / "tower_random", data / "annotations" / "instances_train.json", data, tower,
+            val_annotation_file=data / "annotations" / "instances_val.json", max_seconds=args.tower_seconds,
+            seed=args.seed, log=log)
+        log(f"tower pretraining: {summary['steps']} steps, val image-level mAP "
+            f"{summary['history'][-1].get('val_mAP', float('nan')):.3f}")
+    return dict(data=data, base=base / "llm", tower=tower, text_train=text_train)
+
+
+def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
+    cfg = MODELS[name]
+    mdir = out / name
+    final = mdir / "stage2"
+    if (final / "config.json").is_file() and not args.retrain:
+        log(f"{name}: using the trained model in {final} (--retrain to train again)")
+        return json.loads((mdir / "timing.json").read_text()) if (mdir / "timing.json").is_file() else {}
+    mdir.mkdir(parents=True, exist_ok=True)
+    data_path = paths["text_train"] if cfg["regions"] == "text" else paths["data"] / "train.json"
+    entry = [sys.executable, "-m", "rgpt_llava.train.train"]
+    s1 = mdir / "stage1"
+    log(f"{name}: stage 1 ({args.stage1_steps} steps): refiner + projector; tower and LLM frozen")
+    t1 = run(entry + train_flags(cfg, args, s1, paths["base"], paths["tower"], data_path, paths["data"],
+                                 args.stage1_steps, args.stage1_lr) + ["--tune_mm_mlp_adapter", "True"],
+             mdir / "stage1.log", f"{name} stage 1")
+    log(f"{name}: stage 2 ({args.stage2_steps} steps): refiner + projector + LLM; tower frozen")
+    t2 = run(entry + train_flags(cfg, args, final, paths["base"], paths["tower"], data_path, paths["data"],
+                                 args.stage2_steps, args.stage2_lr)
+             + ["--pretrain_mm_mlp_adapter", str(s1 / "mm_projector.bin")],
+             mdir / "stage2.log", f"{name} stage 2")
+    timing = {"stage1_s": round(t1, 1), "stage2_s": round(t2, 1)}
+    (mdir / "timing.json").write_text(json.dumps(timing))
+    return timing
+
+
+def evaluate_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
+    from rgpt_llava.eval import caption, coco_cls, model_caption, model_coco_cls, model_rec, rec
+
+    cfg = MODELS[name]
+    model = out / name / "stage2"
+    ev = out / name / "eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    data = paths["data"]
+    common = ["--model-path", str(model), "--image-folder", str(data), "--device", "cpu"]
+    if cfg["regions"] == "text":
+        common.append("--regions-as-text")
+    start = time.monotonic()
+    inst = data / "annotations" / "instances_val.json"
+    steps = [
+        (model_coco_cls, ["--annotation-file", str(inst), "--vocab-name", "RegionShapes",
+                          "--answers-file", str(ev / "cls.jsonl")]),
+        (model_rec, ["--question-file", str(data / "eval" / "val_rec.jsonl"), "--answers-file", str(ev / "rec.jsonl")]),
+        (model_caption, ["--question-file", str(data / "eval" / "val_caption_questions.jsonl"),
+                         "--answers-file", str(ev / "cap.jsonl")]),
+    ]
+    for module, argv in steps:
+        log(f"{name}: {module.__name__.rsplit('.', 1)[1]}")
+        rc = module.main(argv + common)
+        if rc:
+            raise BenchmarkError(f"{name}: {module.__name__} failed (exit {rc})")
+    cls = coco_cls.evaluate(str(inst), str(ev / "cls.jsonl"), embedder=None)
+    rec_res = rec.evaluate(str(data / "eval" / "val_rec.jsonl"), str(ev / "rec.jsonl"))
+    cap = caption.evaluate(str(data / "eval" / "val_caption_refs.json"), str(ev / "cap.jsonl"), metrics=("CIDEr",))
+    refs = json.loads((data / "eval" / "val_caption_refs.json").read_text())
+    answers = [json.loads(line) for line in (ev / "cap.jsonl").read_text().splitlines() if line.strip()]
+    exact = sum(caption.clean(a["text"]) in {caption.clean(r) for r in refs[str(a["question_id"])]} for a in answers)
+    res = {
+        "cls_accuracy": cls["accuracy"], "cls_mAP": (cls.get("map_generated") or {}).get("AP"),
+        "rec_accuracy": rec_res["accuracy"], "caption_CIDEr": cap["CIDEr"],
+        "caption_exact_match": 100.0 * exact / max(1, len(answers)),
+        # answer formats: learned within a few dozen steps, long before the content (the CI guard checks them)
+        "cls_in_vocabulary": 100.0 * (1 - cls["num_out_of_vocabulary"] / max(1, cls["num_regions"])),
+        "rec_parsed": 100.0 * rec_res["num_parsed"] / max(1, rec_res["num_questions"]),
+        "eval_s": round(time.monotonic() - start, 1),
+    }
+    res.update(attribute_accuracy(inst, ev / "cls.jsonl"))
+    (ev / "metrics.json").write_text(json.dumps({"classification": cls, "rec": rec_res, "caption": cap,
+                                                 "summary": res}, indent=1, default=str))
+    return res
+
+
+def attribute_accuracy(instances: Path, answers: Path) -> Dict[str, float]:
+    """Share of classification answers whose colour word / shape word is right (where a wrong class fails)."""
+    gt = json.loads(instances.read_text())
+    names = {c["id"]: c["name"].split() for c in gt["categories"]}
+    rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+    colour = sum(r["text"].strip().lower().split()[:1] == names[r["category_id"]][:1] for r in rows)
+    shape = sum(r["text"].strip().lower().split()[-1:] == names[r["category_id"]][-1:] for r in rows)
+    n = max(1, len(rows))
+    return {"colour_accuracy": 100.0 * colour / n, "shape_accuracy": 100.0 * shape / n}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+COLUMNS = [("cls_accuracy", "cls acc %"), ("cls_mAP", "cls mAP"), ("shape_accuracy", "shape %"),
+           ("colour_accuracy", "colour %"), ("rec_accuracy", "REC acc %"), ("caption_CIDEr", "CIDEr"),
+           ("caption_exact_match", "caption exact %"), ("train_s", "train s")]
+
+
+def results_table(results: Dict[str, dict]) -> str:
+    lines = ["| model | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, r in results.items():
+        cells = []
+        for key, _ in COLUMNS:
+            v = r.get(key)
+            cells.append("n/a" if v is None else f"{v:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _answers(path: Path, key: str = "question_id") -> Dict[str, dict]:
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {str(r[key]): r for r in rows}
+
+
+def sample_dialogues(name: str, out: Path, data: Path, n_images: int = 3) -> List[dict]:
+    """Per val image: the model's classification and caption of every region and its REC answers (from the eval
+    answer files: the same generations that were scored)."""
+    ev = out / name / "eval"
+    gt = json.loads((data / "annotations" / "instances_val.json").read_text())
+    cats = {c["id"]: c["name"] for c in gt["categories"]}
+    cls, cap = _answers(ev / "cls.jsonl"), _answers(ev / "cap.jsonl")
+    recq = [json.loads(line) for line in (data / "eval" / "val_rec.jsonl").read_text().splitlines() if line.strip()]
+    reca = _answers(ev / "rec.jsonl")
+    refs = json.loads((data / "eval" / "val_caption_refs.json").read_text())
+    samples = []
+    for img in gt["images"][:n_images]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
+        regions = []
+        for k, a in enumerate(anns):
+            c = cls.get(str(a["id"]), {}).get("text")
+            d = cap.get(str(a["id"]), {}).get("text")
+            regions.append({"number": k + 1, "bbox": a["bbox"], "segmentation": a["segmentation"],
+                            "truth": cats[a["category_id"]], "answer": c,
+                            "caption_truth": (refs.get(str(a["id"])) or [None])[0], "caption": d})
+        recs = []
+        for q in recq:
+            if q["image_id"] == img["id"] and str(q["question_id"]) in reca:
+                ans = reca[str(q["question_id"])]["text"]
+                truth = q["candidates"].index(q["gt_bbox"]) + 1 if q["gt_bbox"] in q["candidates"] else None
+                recs.append({"expression": q["expression"], "answer": ans, "truth": f"Region [{truth}]",
+                             "candidates": q["candidates"]})
+        samples.append({"file_name": img["file_name"], "regions": regions, "rec": recs})
+    return samples
+
+
+def print_dialogues(samples: List[dict]) -> None:
+    for s in samples:
+        print(f"\n--- {s['file_name']} ---")
+        for r in s["regions"]:
+            ok = "ok" if r["answer"] == r["truth"] else f"WRONG, truth: {r['truth']}"
+            print(f"USER: What category name best describes the region represented by <region{r['number']}>? "
+                  f"Answer the question using RegionShapes category names.\nASSISTANT: {r['answer']}   [{ok}]")
+            if r["caption"] is not None:
+                ok = "ok" if r["caption"] == r["caption_truth"] else f"reference: {r['caption_truth']}"
+                print(f"USER: Provide a brief caption for the area indicated by <region{r['number']}>.\n"
+                      f"ASSISTANT: {r['caption']}   [{ok}]")
+        for q in s["rec"][:2]:
+            regs = ", ".join(f"<region{i + 1}>" for i in range(len(q["candidates"])))
+            ok = "ok" if q["answer"] == q["truth"] else f"WRONG, truth: {q['truth']}"
+            print(f"USER: From the provided masks denoted by {regs}, which one fits \"{q['expression']}\"? Answer the "
+                  f"question using the template Region [x].\nASSISTANT: {q['answer']}   [{ok}]")
+
+
+def draw_samples(samples: List[dict], data: Path, png: Path, title: str, scale: int = 2) -> None:
+    """Sample images with each region outlined and numbered, and the model's answers beside them."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from pycocotools import mask as mask_utils
+
+    panels = []
+    for s in samples:
+        img = Image.open(data / s["file_name"]).convert("RGB")
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        draw = ImageDraw.Draw(img)
+        for r in s["regions"]:
+            m = mask_utils.decode(r["segmentation"]).astype(bool)
+            edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+            ys, xs = np.nonzero(edge)
+            for y, x in zip(ys, xs):
+                draw.rectangle([x * scale, y * scale, x * scale + scale - 1, y * scale + scale - 1], fill=(0, 0, 0))
+            x, y = r["bbox"][0] * scale, r["bbox"][1] * scale
+            draw.rectangle([x, y, x + 14, y + 12], fill=(255, 255, 255))
+            draw.text((x + 3, y), str(r["number"]), fill=(0, 0, 0))
+        lines = []
+        for r in s["regions"]:
+            mark = "ok" if r["answer"] == r["truth"] else f"x (truth {r['truth']})"
+            lines.append(f"{r['number']}: {r['answer']}  {mark}")
+            if r["caption"] is not None:
+                lines.append(f"   \"{r['caption']}\"")
+        for q in s["rec"][:2]:
+            mark = "ok" if q["answer"] == q["truth"] else f"x (truth {q['truth']})"
+            lines.append(f"\"{q['expression']}\" -> {q['answer']}  {mark}")
+        text_w = 330
+        panel = Image.new("RGB", (img.width + text_w, max(img.height, 14 * len(lines) + 10)), (255, 255, 255))
+        panel.paste(img, (0, 0))
+        d = ImageDraw.Draw(panel)
+        for i, line in enumerate(lines):
+            d.text((img.width + 8, 6 + 14 * i), line, fill=(0, 0, 0))
+        panels.append(panel)
+    width = max(p.width for p in panels)
+    sheet = Image.new("RGB", (width, 24 + sum(p.height + 6 for p in panels)), (255, 255, 255))
+    ImageDraw.Draw(sheet).text((8, 6), title, fill=(0, 0, 0))
+    y = 24
+    for p in panels:
+        sheet.paste(p, (0, y))
+        y += p.height + 6
+    sheet.save(png)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="work folder (data, models, results); reruns reuse what is there")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                    help="sizes and budgets: demo (~10 min training per model), full, ci (small, for the test suite)")
+    ap.add_argument("--models", default="rgpt", help=f"comma-separated, from {', '.join(MODELS)}; 'all' for every one")
+    ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="LLaMA tokenizer folder (default: shared assets)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int)
+    ap.add_argument("--n-val", type=int)
+    ap.add_argument("--tower-seconds", type=float, help="image-level tower pretraining budget")
+    ap.add_argument("--stage1-steps", type=int)
+    ap.add_argument("--stage2-steps", type=int)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--stage1-lr", type=float, default=1e-3, help="paper: 1e-3")
+    ap.add_argument("--stage2-lr", type=float, default=1e-3,
+                    help="paper: 2e-5 for a pretrained Vicuna; the tiny LLM here starts from scratch")
+    ap.add_argument("--region-box-prob", type=float, default=0.5,
+                    help="share of training regions given as their box (evaluation uses GT boxes, as the paper)")
+    ap.add_argument("--retrain", action="store_true", help="train again even if a model is already there")
+    ap.add_argument("--samples", type=int, default=3, help="val images in the dialogues and the PNG")
+    args = ap.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    names = list(MODELS) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        ap.error(f"--models {args.models}: unknown model(s) {unknown}; choose from {', '.join(MODELS)} or 'all'")
+    args.model_names = names
+    for key in ("n_train", "n_val", "stage1_steps", "stage2_steps", "batch_size"):
+        if getattr(args, key) < 1:
+            ap.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if not 0.0 <= args.region_box_prob <= 1.0:
+        ap.error(f"--region-box-prob must be in [0, 1], got {args.region_box_prob}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        paths = prepare(args, out)
+        results = {}
+        for name in args.model_names:
+            timing = train_model(name, args, out, paths)
+            res = evaluate_model(name, args, out, paths)
+            res["train_s"] = sum(timing.values()) if timing else None
+            results[name] = res
+            log(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items() if isinstance(v, (int, float))))
+    except BenchmarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    table = results_table(results)
+    meta = {"preset": args.preset, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
+            "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
+            "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "tower": TOWER, "llm": LLM,
+            "total_s": round(time.monotonic() - start, 1)}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    first = args.model_names[0]
+    samples = sample_dialogues(first, out, paths["data"], args.samples)
+    print_dialogues(samples)
+    draw_samples(samples, paths["data"], out / "samples.png",
+                 f"RegionShapes val, model {first}: regions outlined, answers beside (ok / x)")
+    print(f"\nRegionShapes held-out results ({args.preset} preset; chance: cls 5 %, shape 20 %):\n{table}")
+    print(f"\nresults: {out / 'results.json'}  sample answers: {out / 'samples.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Image-level pretraining of a small vision tower (the CLIP-pretraining analogue of the RegionShapes benchmark)."""
+import json
+
+import pytest
+import torch
+
+from rgpt_llava.train import pretrain_tower
+from rgpt_llava.train.pretrain_tower import PatchMILHead, image_phrases, mean_average_precision, targets_for
+
+
+def coco():
+    return {"images": [{"id": 1}, {"id": 2}],
+            "categories": [{"id": 1, "name": "red circle"}, {"id": 2, "name": "blue star"}],
+            "annotations": [
+                {"id": 10, "image_id": 1, "category_id": 1, "shape": "circle", "size": "small"},
+                {"id": 11, "image_id": 1, "category_id": 1, "shape": "circle", "size": "large"},
+                {"id": 12, "image_id": 2, "category_id": 2, "shape": "star", "size": "small"}]}
+
+
+def test_phrases_are_image_level_bags():
+    vocab, present = image_phrases(coco(), "shape", ("size",))
+    assert vocab == sorted(["red circle", "blue star", "circle", "star", "small circle", "large circle", "small star"])
+    assert present == {1: {"red circle", "circle", "small circle", "large circle"},
+                       2: {"blue star", "star", "small star"}}
+    y = targets_for([2, 1], present, vocab)
+    assert y.tolist()[0] == [1.0 if p in present[2] else 0.0 for p in vocab]
+    # categories only
+    vocab, _ = image_phrases(coco(), None, ())
+    assert vocab == ["blue star", "red circle"]
+
+
+def test_bad_annotations_are_named():
+    bad = coco()
+    bad["annotations"][1]["image_id"] = 7
+    with pytest.raises(ValueError, match="annotation 11: image_id 7"):
+        image_phrases(bad)
+    bad = coco()
+    bad["annotations"][2]["category_id"] = 9
+    with pytest.raises(ValueError, match="annotation 12: unknown category_id 9"):
+        image_phrases(bad)
+    bad = coco()
+    del bad["annotations"][0]["size"]
+    with pytest.raises(ValueError, match="annotation 10: --attribute size"):
+        image_phrases(bad, "shape", ("size",))
+
+
+def test_mean_average_precision_by_hand():
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.1, 0.2]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # phrase 0: ranking pos, neg, pos -> AP (1 + 2/3) / 2; phrase 1: its one positive ranked first -> 1
+    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_mil_head_is_a_smooth_max_over_patches():
+    head = PatchMILHead(4, 2)
+    patches = torch.randn(3, 5, 4)
+    scores = head.score(head.norm(patches))
+    out = head(patches)
+    assert out.shape == (3, 2)
+    assert torch.all(out <= scores.max(1).values + 1e-6) and torch.all(out >= scores.mean(1) - 1e-6)
+
+
+def test_pretraining_updates_and_saves_the_tower(tmp_path, tiny_clip_dir):
+    from transformers import CLIPVisionModel
+    from rgpt_llava.data import shapes
+    data = tmp_path / "data"
+    assert shapes.main(["--out", str(data), "--n-train", "6", "--n-val", "2", "--image-size", "64"]) == 0
+    out = tmp_path / "tower"
+    summary = pretrain_tower.pretrain(tiny_clip_dir, data / "annotations" / "instances_train.json", data, out,
+                                      val_annotation_file=data / "annotations" / "instances_val.json",
+                                      batch_size=4, max_seconds=60, max_epochs=2, log=lambda m: None)
+    assert summary["steps"] == 2 and len(summary["history"]) == 2 and 0 <= summary["history"][-1]["val_mAP"] <= 1
+    assert "red circle" in summary["phrases"] and "circle" in summary["phrases"] and "small circle" in summary["phrases"]
+    before, after = CLIPVisionModel.from_pretrained(tiny_clip_dir), CLIPVisionModel.from_pretrained(out)
+    emb = "vision_model.embeddings.patch_embedding.weight"
+    assert not torch.equal(before.state_dict()[emb], after.state_dict()[emb])
+    assert (out / "preprocessor_config.json").is_file()
+    assert json.loads((out / "tower_pretraining.json").read_text())["steps"] == 2
+
+
+def test_cli_bad_input(tmp_path, tiny_clip_dir, capsys):
+    with pytest.raises(SystemExit):
+        pretrain_tower.main(["--tower", str(tmp_path / "none"), "--annotation-file", "x.json",
+                             "--image-folder", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "--tower" in capsys.readouterr().err
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps(coco() | {"images": [{"id": 1, "file_name": "missing.png"}, {"id": 2, "file_name": "m2.png"}]}))
+    assert pretrain_tower.main(["--tower", tiny_clip_dir, "--annotation-file", str(ann), "--image-folder", str(tmp_path),
+                                "--out", str(tmp_path / "o"), "--attribute", "size"]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err

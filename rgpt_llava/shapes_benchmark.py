@@ -66,9 +66,16 @@ def run(cmd: List[str], log_file: Path, what: str) -> float:
     return time.monotonic() - start
 
 
+def merge_flags(cfg: dict, args) -> List[str]:
+    """Image-token grid of the region models (the text-box baseline stays plain LLaVA: the tower's grid)."""
+    if args.merge_size and cfg["regions"] == "tokens":
+        return ["--mm_merge_size", str(args.merge_size[0]), str(args.merge_size[1])]
+    return []
+
+
 def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: Path, image_folder: Path,
                 steps: int, lr: float) -> List[str]:
-    return [
+    return merge_flags(cfg, args) + [
         "--model_name_or_path", str(base), "--version", "v1", "--data_path", str(data_path),
         "--image_folder", str(image_folder), "--vision_tower", str(tower), "--mm_projector_type", "mlp2x_gelu",
         "--mm_refiner_type", cfg["refiner"], "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
@@ -128,9 +135,16 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
     cfg = MODELS[name]
     mdir = out / name
     final = mdir / "stage2"
+    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower_seconds": args.tower_seconds,
+                **{k: getattr(args, k) for k in ("seed", "n_train", "stage1_steps", "stage2_steps", "batch_size",
+                                                 "stage1_lr", "stage2_lr", "region_box_prob")}}
     if (final / "config.json").is_file() and not args.retrain:
+        saved = json.loads((mdir / "settings.json").read_text()) if (mdir / "settings.json").is_file() else None
+        if saved != settings:
+            raise BenchmarkError(f"{name}: {final} was trained with other settings ({saved}); pass --retrain or use "
+                                 f"another --out")
         log(f"{name}: using the trained model in {final} (--retrain to train again)")
-        return json.loads((mdir / "timing.json").read_text()) if (mdir / "timing.json").is_file() else {}
+        return json.loads((mdir / "timing.json").read_text())
     mdir.mkdir(parents=True, exist_ok=True)
     data_path = paths["text_train"] if cfg["regions"] == "text" else paths["data"] / "train.json"
     entry = [sys.executable, "-m", "rgpt_llava.train.train"]
@@ -146,6 +160,7 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
              mdir / "stage2.log", f"{name} stage 2")
     timing = {"stage1_s": round(t1, 1), "stage2_s": round(t2, 1)}
     (mdir / "timing.json").write_text(json.dumps(timing))
+    (mdir / "settings.json").write_text(json.dumps(settings))
     return timing
 
 
@@ -345,6 +360,8 @@ def parse_args(argv=None):
                     help="paper: 2e-5 for a pretrained Vicuna; the tiny LLM here starts from scratch")
     ap.add_argument("--region-box-prob", type=float, default=0.5,
                     help="share of training regions given as their box (evaluation uses GT boxes, as the paper)")
+    ap.add_argument("--merge-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="image-token grid of the region models (default: the tower's 16x16, as the paper)")
     ap.add_argument("--retrain", action="store_true", help="train again even if a model is already there")
     ap.add_argument("--samples", type=int, default=3, help="val images in the dialogues and the PNG")
     args = ap.parse_args(argv)
@@ -359,6 +376,8 @@ def parse_args(argv=None):
     for key in ("n_train", "n_val", "stage1_steps", "stage2_steps", "batch_size"):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.merge_size and min(args.merge_size) < 1:
+        ap.error(f"--merge-size must be positive, got {args.merge_size}")
     if not 0.0 <= args.region_box_prob <= 1.0:
         ap.error(f"--region-box-prob must be in [0, 1], got {args.region_box_prob}")
     return args
@@ -375,7 +394,7 @@ def main(argv=None) -> int:
         for name in args.model_names:
             timing = train_model(name, args, out, paths)
             res = evaluate_model(name, args, out, paths)
-            res["train_s"] = sum(timing.values()) if timing else None
+            res["train_s"] = sum(timing.values())
             results[name] = res
             log(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items() if isinstance(v, (int, float))))
     except BenchmarkError as e:
@@ -384,7 +403,8 @@ def main(argv=None) -> int:
     table = results_table(results)
     meta = {"preset": args.preset, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
-            "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "tower": TOWER, "llm": LLM,
+            "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
+            "tower": TOWER, "llm": LLM,
             "total_s": round(time.monotonic() - start, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(table + "\n")

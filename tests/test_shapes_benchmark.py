@@ -21,6 +21,7 @@ def test_presets_and_overrides():
     (["--models", ","], "unknown model(s) []"),
     (["--stage2-steps", "0"], "--stage2-steps must be at least 1"),
     (["--region-box-prob", "1.5"], "--region-box-prob must be in [0, 1]"),
+    (["--merge-size", "0", "4"], "--merge-size must be positive"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -46,3 +47,22 @@ def test_results_table():
     assert lines[0].startswith("| model | cls acc % | cls mAP |")
     assert lines[2].startswith("| rgpt | 91.2 | n/a |")
     assert len(lines[2].split("|")) == len(lines[0].split("|"))
+
+
+def test_merge_size_applies_to_region_models_only():
+    args = SB.parse_args(["--out", "x", "--merge-size", "4", "4"])
+    assert SB.merge_flags(SB.MODELS["rgpt"], args) == ["--mm_merge_size", "4", "4"]
+    assert SB.merge_flags(SB.MODELS["rgpt-none"], args) == ["--mm_merge_size", "4", "4"]
+    assert SB.merge_flags(SB.MODELS["llava-text"], args) == []     # plain LLaVA keeps the tower's grid
+    assert SB.merge_flags(SB.MODELS["rgpt"], SB.parse_args(["--out", "x"])) == []
+
+
+def test_a_model_trained_with_other_settings_is_not_reused(tmp_path):
+    args = SB.parse_args(["--out", str(tmp_path), "--stage2-steps", "5"])
+    final = tmp_path / "rgpt" / "stage2"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    (tmp_path / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
+    (tmp_path / "rgpt" / "settings.json").write_text(json.dumps({"stage2_steps": 999}))
+    with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
+        SB.train_model("rgpt", args, tmp_path, {})

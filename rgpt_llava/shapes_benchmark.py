@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from rgpt_llava.jsonl import read_resumable_jsonl
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENIZER = ROOT.parent / "shared" / "assets" / "llama-tokenizer"
 
@@ -193,7 +195,7 @@ def evaluate_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[s
     rec_res = rec.evaluate(str(data / "eval" / "val_rec.jsonl"), str(ev / "rec.jsonl"))
     cap = caption.evaluate(str(data / "eval" / "val_caption_refs.json"), str(ev / "cap.jsonl"), metrics=("CIDEr",))
     refs = json.loads((data / "eval" / "val_caption_refs.json").read_text())
-    answers = [json.loads(line) for line in (ev / "cap.jsonl").read_text().splitlines() if line.strip()]
+    answers = read_resumable_jsonl(str(ev / "cap.jsonl"))
     exact = sum(caption.clean(a["text"]) in {caption.clean(r) for r in refs[str(a["question_id"])]} for a in answers)
     res = {
         "cls_accuracy": cls["accuracy"], "cls_mAP": (cls.get("map_generated") or {}).get("AP"),
@@ -214,7 +216,7 @@ def attribute_accuracy(instances: Path, answers: Path) -> Dict[str, float]:
     """Share of classification answers whose colour word / shape word is right (where a wrong class fails)."""
     gt = json.loads(instances.read_text())
     names = {c["id"]: c["name"].split() for c in gt["categories"]}
-    rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+    rows = read_resumable_jsonl(str(answers))
     colour = sum(r["text"].strip().lower().split()[:1] == names[r["category_id"]][:1] for r in rows)
     shape = sum(r["text"].strip().lower().split()[-1:] == names[r["category_id"]][-1:] for r in rows)
     n = max(1, len(rows))
@@ -239,10 +241,7 @@ def results_table(results: Dict[str, dict]) -> str:
 
 
 def _answers(path: Path, key: str = "question_id") -> Dict[str, dict]:
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {str(r[key]): r for r in rows}
+    return {str(r[key]): r for r in read_resumable_jsonl(str(path))} if path.is_file() else {}
 
 
 def sample_dialogues(name: str, out: Path, data: Path, n_images: int = 3) -> List[dict]:
@@ -252,7 +251,7 @@ def sample_dialogues(name: str, out: Path, data: Path, n_images: int = 3) -> Lis
     gt = json.loads((data / "annotations" / "instances_val.json").read_text())
     cats = {c["id"]: c["name"] for c in gt["categories"]}
     cls, cap = _answers(ev / "cls.jsonl"), _answers(ev / "cap.jsonl")
-    recq = [json.loads(line) for line in (data / "eval" / "val_rec.jsonl").read_text().splitlines() if line.strip()]
+    recq = read_resumable_jsonl(str(data / "eval" / "val_rec.jsonl"))
     reca = _answers(ev / "rec.jsonl")
     refs = json.loads((data / "eval" / "val_caption_refs.json").read_text())
     samples = []

@@ -220,24 +220,33 @@ def region_masks(regions: Sequence[Any], image, image_processor, model, where: s
     return m.to(model.device, dtype=model.dtype)
 
 
+def region_prompt(args, model, prompt: str, regions: Sequence[dict], image, where: str) -> str:
+    """``prompt`` as the model gets it: unchanged, or with ``--regions-as-text`` each placeholder replaced by its
+    region's box text."""
+    if not getattr(args, "regions_as_text", False):
+        return prompt
+    from rgpt_llava.data.text_regions import box_text, replace_regions
+    try:
+        boxes = []
+        for k, r in enumerate(regions):
+            if "bbox" not in r:
+                raise ValueError(f"region {k + 1} has no 'bbox' (--regions-as-text needs boxes)")
+            boxes.append(box_text(r["bbox"], *image.size, getattr(model.config, "image_aspect_ratio", "pad")))
+        return replace_regions(prompt, boxes)
+    except ValueError as e:
+        fail(f"{where}: {e}")
+
+
 def region_inputs(args, tokenizer, model, image_processor, prompt: str, regions: Sequence[dict], image,
                   where: str) -> Tuple[List[int], Optional[torch.Tensor]]:
     """Token ids and region masks of a prompt about ``regions`` (dicts with ``bbox`` / ``segmentation``).
 
     With ``--regions-as-text`` the placeholders become the regions' box text and the masks are ``None``.
     """
+    ids = tokenize(tokenizer, region_prompt(args, model, prompt, regions, image, where))
     if getattr(args, "regions_as_text", False):
-        from rgpt_llava.data.text_regions import box_text, replace_regions
-        try:
-            boxes = []
-            for k, r in enumerate(regions):
-                if "bbox" not in r:
-                    raise ValueError(f"region {k + 1} has no 'bbox' (--regions-as-text needs boxes)")
-                boxes.append(box_text(r["bbox"], *image.size, getattr(model.config, "image_aspect_ratio", "pad")))
-            return tokenize(tokenizer, replace_regions(prompt, boxes)), None
-        except ValueError as e:
-            fail(f"{where}: {e}")
-    return tokenize(tokenizer, prompt), region_masks(regions, image, image_processor, model, where)
+        return ids, None
+    return ids, region_masks(regions, image, image_processor, model, where)
 
 
 def tokenize(tokenizer, prompt: str) -> List[int]:

@@ -108,12 +108,13 @@ def main(argv=None):
                 texts = [G.decode(tokenizer, o) for o in outs]
             else:
                 if args.mode == "multi_turn":
+                    where = todo[0]["_where"]
+                    masks_all = None if args.regions_as_text else G.region_masks(todo, img, ip, model, where)
                     turns = []
                     for k in range(len(todo)):
                         turns.append((question(f"<region{k + 1}>", args.vocab_name), None))
-                        ids, masks_all = G.region_inputs(args, tokenizer, model, ip,
-                                                         G.conv_prompt(turns, args.conv_mode), todo, img,
-                                                         todo[0]["_where"])
+                        ids = G.tokenize(tokenizer, G.region_prompt(args, model, G.conv_prompt(turns, args.conv_mode),
+                                                                    todo, img, where))
                         out = G.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
                         texts.append(G.decode(tokenizer, out))
                         turns[-1] = (turns[-1][0], texts[-1])

@@ -130,9 +130,8 @@ def pretrain(tower_dir, annotation_file, image_folder, out_dir, val_annotation_f
     with torch.no_grad():  # start at each phrase's prior, so early steps learn "where", not base rates
         prior = y.mean(0).clamp(1e-3, 1 - 1e-3)
         head.score.bias.copy_(torch.log(prior / (1 - prior)))
-    # The layers after the one LLaVA reads get no gradient from the head; leave them as they are.
-    params = [p for p in list(tower.parameters()) + list(head.parameters())]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    # Layers after the one LLaVA reads get no gradient from the head, so AdamW leaves them as they are.
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
 
     def patch_features(pixels):

@@ -18,7 +18,9 @@ Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md
    captions (CIDEr + exact match) on the held-out split; a results table, sample dialogues and a PNG of answers.
 """
 import argparse
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -29,12 +31,15 @@ from rgpt_llava.jsonl import read_resumable_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENIZER = ROOT.parent / "shared" / "assets" / "llama-tokenizer"
+# The "CLIP" of this world: the TOWER below after image-level pretraining only (provenance in its
+# tower_pretraining.json; how it was made and how to remake it: docs/SHAPES.md, "The vision tower").
+PRETRAINED_TOWER = Path(__file__).resolve().parent / "assets" / "regionshapes_tower"
 
 # Budgets, in steps, measured on the 2-core reference machine (README, "Measured results").
 PRESETS = {
-    "demo": dict(n_train=3000, n_val=300, tower_seconds=0, stage1_steps=30, stage2_steps=200),
-    "full": dict(n_train=6000, n_val=300, tower_seconds=0, stage1_steps=60, stage2_steps=700),
-    "ci": dict(n_train=800, n_val=60, tower_seconds=0, stage1_steps=10, stage2_steps=100),
+    "demo": dict(n_train=3000, n_val=300, rec_turns=2, stage1_steps=30, stage2_steps=200),
+    "full": dict(n_train=6000, n_val=300, rec_turns=2, stage1_steps=60, stage2_steps=700),
+    "ci": dict(n_train=800, n_val=60, rec_turns=2, stage1_steps=10, stage2_steps=100),
 }
 MODELS = {
     "rgpt": dict(refiner="deconv", regions="tokens",
@@ -94,11 +99,17 @@ def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: 
 def prepare(args, out: Path) -> Dict[str, Path]:
     """Data, random tower + LLM, pretrained tower (skipped when already there)."""
     data = out / "data"
-    if not (data / "meta.json").is_file():
+    wanted = {"n_train": args.n_train, "n_val": args.n_val, "seed": args.seed, "max_rec": args.rec_turns}
+    if (data / "meta.json").is_file():
+        made = json.loads((data / "meta.json").read_text())["args"]
+        made = {k: made.get(k) for k in wanted}
+        if made != wanted:
+            raise BenchmarkError(f"{data} holds RegionShapes made with {made}, not {wanted}; use another --out")
+    else:
         log(f"generating RegionShapes: {args.n_train} train + {args.n_val} val images -> {data}")
         from rgpt_llava.data import shapes
         rc = shapes.main(["--out", str(data), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
-                          "--seed", str(args.seed), "--overwrite"])
+                          "--seed", str(args.seed), "--max-rec", str(args.rec_turns), "--overwrite"])
         if rc:
             raise BenchmarkError("RegionShapes generation failed")
     text_train = data / "train_text.json"
@@ -108,38 +119,59 @@ def prepare(args, out: Path) -> Dict[str, Path]:
             raise BenchmarkError("converting the training conversations to text boxes failed")
 
     base = out / "base"
-    tower = base / "tower"
-    if not (base / "llm" / "config.json").is_file():
-        from rgpt_llava.tiny import build_tiny_clip, build_tiny_llm, train_tiny_tokenizer
+    llm = dict(LLM, num_layers=args.llm_layers)
+    llm_dir = base / ("llm" if args.llm_layers == LLM["num_layers"] else f"llm_{args.llm_layers}layers")
+    if not (llm_dir / "config.json").is_file():
+        from rgpt_llava.tiny import build_tiny_llm, train_tiny_tokenizer
         tok = Path(args.tokenizer) if args.tokenizer else None
         if tok is None or not (tok / "tokenizer.model").is_file():
             log(f"no LLaMA tokenizer at {args.tokenizer}: training a small SentencePiece tokenizer instead")
             tok = Path(train_tiny_tokenizer(base / "tokenizer", vocab_size=1000))
-        log(f"building a random tiny CLIP tower {TOWER} and a tiny Llama {LLM} (tokenizer {tok})")
-        build_tiny_clip(base / "tower_random", seed=args.seed, **TOWER)
-        build_tiny_llm(base / "llm", tok, seed=args.seed, **LLM)
-    if args.tower_seconds <= 0:
-        log("no tower pretraining (--tower-seconds 0): the random tower is frozen as it is")
-        tower = base / "tower_random"
-    elif not (tower / "tower_pretraining.json").is_file():
-        log(f"pretraining the tower image-level for {args.tower_seconds:.0f} s (then it stays frozen)")
-        from rgpt_llava.train import pretrain_tower
-        summary = pretrain_tower.pretrain(
-            base / "tower_random", data / "annotations" / "instances_train.json", data, tower,
-            val_annotation_file=data / "annotations" / "instances_val.json", max_seconds=args.tower_seconds,
-            seed=args.seed, log=log)
-        log(f"tower pretraining: {summary['steps']} steps, val image-level mAP "
-            f"{summary['history'][-1].get('val_mAP', float('nan')):.3f}")
-    return dict(data=data, base=base / "llm", tower=tower, text_train=text_train)
+        log(f"building a random tiny Llama {llm} (tokenizer {tok})")
+        build_tiny_llm(llm_dir, tok, seed=args.seed, **llm)
+    tower = base / f"tower_{args.tower_name}"
+    if not (tower / "config.json").is_file():
+        if args.tower == "random":
+            from rgpt_llava.tiny import build_tiny_clip
+            log(f"building a random tiny CLIP tower {TOWER}")
+            build_tiny_clip(tower, seed=args.seed, **TOWER)
+        else:
+            src = PRETRAINED_TOWER if args.tower == "pretrained" else Path(args.tower)
+            log(f"vision tower: {src}" + (" (pretrained image-level only; docs/SHAPES.md)"
+                                          if args.tower == "pretrained" else ""))
+            shutil.copytree(src, tower)
+    if args.tower_seconds > 0:
+        pretrained = base / f"tower_{args.tower_name}_plus{args.tower_seconds:g}s"
+        if not (pretrained / "tower_pretraining.json").is_file():
+            log(f"pretraining the tower image-level for {args.tower_seconds:g} s (then it stays frozen)")
+            from rgpt_llava.train import pretrain_tower
+            summary = pretrain_tower.pretrain(
+                tower, data / "annotations" / "instances_train.json", data, pretrained,
+                val_annotation_file=data / "annotations" / "instances_val.json", max_seconds=args.tower_seconds,
+                seed=args.seed, log=log)
+            log(f"tower pretraining: {summary['steps']} steps, val image-level mAP "
+                f"{summary['history'][-1].get('val_mAP', float('nan')):.3f}")
+        tower = pretrained
+    return dict(data=data, base=llm_dir, tower=tower, text_train=text_train)
+
+
+def tower_id(tower: Path) -> str:
+    """Short digest of a tower's weights, so a trained model is reused only with the tower it was trained on."""
+    weights = sorted(tower.glob("*.safetensors")) + sorted(tower.glob("*.bin"))
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(w.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
     cfg = MODELS[name]
     mdir = out / name
     final = mdir / "stage2"
-    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower_seconds": args.tower_seconds,
-                **{k: getattr(args, k) for k in ("seed", "n_train", "stage1_steps", "stage2_steps", "batch_size",
-                                                 "stage1_lr", "stage2_lr", "region_box_prob")}}
+    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": tower_id(paths["tower"]),
+                "tower_seconds": args.tower_seconds,
+                **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
+                                                 "stage2_steps", "batch_size", "stage1_lr", "stage2_lr", "region_box_prob")}}
     if (final / "config.json").is_file() and not args.retrain:
         saved = json.loads((mdir / "settings.json").read_text()) if (mdir / "settings.json").is_file() else None
         if saved != settings:
@@ -350,7 +382,13 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--n-val", type=int)
-    ap.add_argument("--tower-seconds", type=float, help="image-level tower pretraining budget")
+    ap.add_argument("--rec-turns", type=int, help="REC turns per training image (the generator's --max-rec)")
+    ap.add_argument("--tower", default="pretrained",
+                    help="vision tower: 'pretrained' (the shipped image-level-pretrained tiny tower, default), "
+                         "'random' (the same architecture, random weights) or a CLIPVisionModel folder")
+    ap.add_argument("--tower-seconds", type=float, default=0.0,
+                    help="extra image-level pretraining of the tower on the training split, on this machine")
+    ap.add_argument("--llm-layers", type=int, default=LLM["num_layers"], help="layers of the tiny Llama")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -372,7 +410,19 @@ def parse_args(argv=None):
     if unknown or not names:
         ap.error(f"--models {args.models}: unknown model(s) {unknown}; choose from {', '.join(MODELS)} or 'all'")
     args.model_names = names
-    for key in ("n_train", "n_val", "stage1_steps", "stage2_steps", "batch_size"):
+    if args.tower in ("pretrained", "random"):
+        args.tower_name = args.tower
+    else:
+        path = Path(args.tower)
+        if not (path / "config.json").is_file() or not (path / "preprocessor_config.json").is_file():
+            ap.error(f"--tower {args.tower}: not a CLIPVisionModel folder (needs config.json and "
+                     f"preprocessor_config.json), nor 'pretrained' / 'random'")
+        args.tower_name = "custom_" + tower_id(path)
+    if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
+        ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")
+    if args.tower_seconds < 0:
+        ap.error(f"--tower-seconds must be >= 0, got {args.tower_seconds}")
+    for key in ("n_train", "n_val", "rec_turns", "llm_layers", "stage1_steps", "stage2_steps", "batch_size"):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.merge_size and min(args.merge_size) < 1:
@@ -401,9 +451,11 @@ def main(argv=None) -> int:
         return 1
     table = results_table(results)
     meta = {"preset": args.preset, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
+            "rec_turns": args.rec_turns,
+            "tower": args.tower, "tower_id": tower_id(paths["tower"]),
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
-            "tower": TOWER, "llm": LLM,
+            "tower_architecture": TOWER, "llm": dict(LLM, num_layers=args.llm_layers),
             "total_s": round(time.monotonic() - start, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(table + "\n")

@@ -88,3 +88,74 @@ def test_cli_bad_input(tmp_path, tiny_clip_dir, capsys):
     assert pretrain_tower.main(["--tower", tiny_clip_dir, "--annotation-file", str(ann), "--image-folder", str(tmp_path),
                                 "--out", str(tmp_path / "o"), "--attribute", "size"]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err
+
+
+def test_rendered_shapes_image_weights_are_coverage():
+    r = pretrain_tower.render_shapes_image((0, "pretrain", 3, 56, 4))
+    assert r["pixels"].shape == (3, 56, 56) and r["pixels"].dtype.name == "uint8"
+    k = len(r["objs"])
+    assert 2 <= k <= 6 and r["mask_w"].shape == r["box_w"].shape == (k, 4, 4)
+    # each cell holds the covered fraction of its 14x14 pixels; the box covers the mask
+    assert ((r["mask_w"] >= 0) & (r["mask_w"] <= 1)).all() and (r["box_w"] >= r["mask_w"] - 1e-6).all()
+    assert all(w.sum() > 0 for w in r["mask_w"])
+    again = pretrain_tower.render_shapes_image((0, "pretrain", 3, 56, 4))
+    assert (again["pixels"] == r["pixels"]).all()                       # seeded per (seed, stream, index)
+    other = pretrain_tower.render_shapes_image((0, "probe_val", 3, 56, 4))
+    assert not (other["pixels"] == r["pixels"]).all()
+    with pytest.raises(ValueError, match="not a multiple of the patch grid"):
+        pretrain_tower.shapes_images(1, 0, "x", 50, 4)
+
+
+def test_pooled_region_features_by_hand():
+    feats = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)   # 2 images, 2x2 grid, 1 channel
+    regions = {"image": torch.tensor([1, 0]), "mask": torch.tensor([[[1.0, 0.0], [0.0, 0.5]],
+                                                                     [[0.0, 0.0], [0.0, 1.0]]])}
+    pooled = pretrain_tower.pooled_region_features(feats, regions, "mask")
+    # image 1 cells hold 4, 5, 6, 7: (1 * 4 + 0.5 * 7) / 1.5 = 5; image 0's last cell holds 3
+    assert pooled[:, 0].tolist() == pytest.approx([5.0, 3.0])
+
+
+def test_region_probe_reads_what_the_features_hold():
+    from rgpt_llava.data import shapes
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n):   # one region per image, covering the whole 1x1 grid; the feature is the one-hot category
+        cat = torch.randint(0, len(shapes.CATEGORIES), (n,), generator=gen)
+        feats = torch.nn.functional.one_hot(cat, len(shapes.CATEGORIES)).float()[:, None, :]
+        regions = {"image": torch.arange(n), "mask": torch.ones(n, 1, 1), "box": torch.ones(n, 1, 1),
+                   "category": cat, "shape": cat % len(shapes.SHAPES)}
+        return feats, regions
+
+    res = pretrain_tower.region_probe(lambda x: x, split(200), split(50), epochs=100)
+    assert res["mask_category_acc"] == 100.0 and res["box_shape_acc"] == 100.0
+    noise = split(50)
+    res = pretrain_tower.region_probe(lambda x: x, split(200), (torch.zeros_like(noise[0]), noise[1]), epochs=100)
+    assert res["mask_category_acc"] < 30    # constant features: one guess for every region
+
+
+def test_pretraining_on_rendered_shapes_probes_regions(tmp_path, tiny_clip_dir):
+    out = tmp_path / "tower"
+    summary = pretrain_tower.pretrain(tiny_clip_dir, None, None, out, shapes=8, probe_images=8, batch_size=4,
+                                      max_seconds=60, max_epochs=1, workers=1, log=lambda m: None)
+    assert summary["steps"] == 2 and "8 RegionShapes images" in summary["source"]
+    assert summary["history"][0]["steps"] == 0 and summary["history"][-1]["steps"] == 2
+    assert set(summary["history"][-1]["region_probe"]) == {"mask_category_acc", "mask_shape_acc", "box_category_acc",
+                                                           "box_shape_acc"}
+    assert (out / "model.safetensors").is_file() or (out / "pytorch_model.bin").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give either --annotation-file (with --image-folder) or --shapes N"),
+    (["--shapes", "4", "--annotation-file", "a.json"], "give either --annotation-file"),
+    (["--annotation-file", "a.json"], "--annotation-file needs --image-folder"),
+    (["--shapes", "-1"], "--shapes and --probe-images must be >= 0"),
+    (["--shapes", "4", "--device", "cuda:7"], None),
+])
+def test_cli_names_bad_arguments(argv, message, tmp_path, tiny_clip_dir, capsys):
+    if message is None:
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        message = "--device cuda:7: torch sees no CUDA device here"
+    with pytest.raises(SystemExit):
+        pretrain_tower.main(["--tower", str(tiny_clip_dir), "--out", str(tmp_path / "o")] + argv)
+    assert message in capsys.readouterr().err

@@ -22,6 +22,8 @@ def test_presets_and_overrides():
     (["--stage2-steps", "0"], "--stage2-steps must be at least 1"),
     (["--region-box-prob", "1.5"], "--region-box-prob must be in [0, 1]"),
     (["--merge-size", "0", "4"], "--merge-size must be positive"),
+    (["--tower", "/nonexistent/tower"], "--tower /nonexistent/tower: not a CLIPVisionModel folder"),
+    (["--tower-seconds", "-1"], "--tower-seconds must be >= 0"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -65,4 +67,38 @@ def test_a_model_trained_with_other_settings_is_not_reused(tmp_path):
     (tmp_path / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
     (tmp_path / "rgpt" / "settings.json").write_text(json.dumps({"stage2_steps": 999}))
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
-        SB.train_model("rgpt", args, tmp_path, {})
+        SB.train_model("rgpt", args, tmp_path, {"tower": tmp_path})
+
+
+def test_tower_choice_and_identity(tmp_path):
+    assert SB.parse_args(["--out", "x"]).tower_name == "pretrained"
+    assert SB.parse_args(["--out", "x", "--tower", "random"]).tower_name == "random"
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights A")
+    custom = SB.parse_args(["--out", "x", "--tower", str(tmp_path)])
+    assert custom.tower_name == "custom_" + SB.tower_id(tmp_path)
+    before = SB.tower_id(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights B")
+    assert SB.tower_id(tmp_path) != before    # other weights: a trained model is not reused with them
+
+
+def test_shipped_tower_is_the_benchmark_architecture():
+    from transformers import CLIPVisionModel
+    tower = CLIPVisionModel.from_pretrained(SB.PRETRAINED_TOWER)
+    cfg = tower.config
+    assert (cfg.image_size, cfg.patch_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (
+        SB.TOWER["image_size"], SB.TOWER["patch_size"], SB.TOWER["hidden_size"], SB.TOWER["num_layers"],
+        SB.TOWER["num_heads"])
+    made = json.loads((SB.PRETRAINED_TOWER / "tower_pretraining.json").read_text())
+    assert made["select_layer"] == -2 and "--shapes" in made["command"]
+    assert made["history"][-1]["region_probe"]["mask_category_acc"] > 90
+
+
+def test_data_made_with_other_settings_is_not_reused(tmp_path):
+    args = SB.parse_args(["--out", str(tmp_path), "--n-train", "10", "--n-val", "2"])
+    (tmp_path / "data").mkdir()
+    made = {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 4}
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({"args": made}))
+    with pytest.raises(SB.BenchmarkError, match="holds RegionShapes made with .*'max_rec': 4.*use another --out"):
+        SB.prepare(args, tmp_path)

@@ -5,10 +5,11 @@
 Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md, "Training a tiny RegionGPT"):
 
 1. ``rgpt_llava.data.shapes`` generates the train / val splits.
-2. A tiny CLIP-style tower (``CLIPVisionModel``) and a tiny Vicuna-style Llama are created with random weights; the
-   tokenizer is the real LLaMA one from ``../shared/assets/llama-tokenizer`` when present.
-3. ``rgpt_llava.train.pretrain_tower``: image-level pretraining of the tower (the analogue of CLIP's pretraining),
-   which is then frozen like RegionGPT's CLIP.
+2. The vision tower: by default the shipped ``assets/regionshapes_tower`` (a tiny ``CLIPVisionModel`` pretrained with
+   image-level phrases only by ``rgpt_llava.train.pretrain_tower --shapes``; docs/SHAPES.md, "The vision tower"),
+   frozen like RegionGPT's CLIP; ``--tower random`` or a folder instead. A tiny Vicuna-style Llama with random
+   weights; the tokenizer is the real LLaMA one from ``../shared/assets/llama-tokenizer`` when present.
+3. Optionally (``--tower-seconds``) more image-level pretraining of the tower on the training split, here.
 4. ``rgpt_llava.train.train`` stage 1 (refiner + projector; tower and LLM frozen) then stage 2 (refiner + projector +
    LLM), for each compared model:
    ``rgpt`` (deconvolution refiner, regions as mask-pooled tokens), ``rgpt-none`` (no refinement: regions pooled on
@@ -97,7 +98,7 @@ def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: 
 
 # ---------------------------------------------------------------------------------------------------------------------
 def prepare(args, out: Path) -> Dict[str, Path]:
-    """Data, random tower + LLM, pretrained tower (skipped when already there)."""
+    """Data, base LLM and tower (each skipped when already there; data only if made with the same settings)."""
     data = out / "data"
     wanted = {"n_train": args.n_train, "n_val": args.n_val, "seed": args.seed, "max_rec": args.rec_turns}
     if (data / "meta.json").is_file():

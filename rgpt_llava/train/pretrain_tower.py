@@ -22,6 +22,7 @@ hold *per region*: a small classifier on the layer's patch features averaged ins
 trained on N fresh images and scored on N/4 others. The probe reads region labels; the tower never does.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -112,6 +113,7 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
     return float(np.mean(aps))
 
 
+@functools.lru_cache(maxsize=None)
 def _shapes_defaults():
     """The RegionShapes generator's own defaults (shape count, visibility, stripes), so both make the same world."""
     from rgpt_llava.data import shapes
@@ -170,7 +172,7 @@ def region_set(rendered: List[dict]) -> Dict[str, torch.Tensor]:
     from rgpt_llava.data import shapes
     image, mask_w, box_w, cat, shape = [], [], [], [], []
     for k, r in enumerate(rendered):
-        for j, o in enumerate(r["objs"]):
+        for o in r["objs"]:
             image.append(k)
             cat.append(o["category_id"] - 1)
             shape.append(shapes.SHAPES.index(o["shape"]))

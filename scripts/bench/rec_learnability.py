@@ -71,6 +71,15 @@ def named_by(ann: dict, expression: str) -> bool:
     return all(any(w == ann[key] for key, values in ATTRIBUTES.items() if w in values) for w in words[:-1])
 
 
+def vicuna_prompt(question: str) -> str:
+    """One user turn in LLaVA's Vicuna-v1 template (``--version v1``, as the benchmark trains), ready for the answer."""
+    from llava.conversation import conv_vicuna_v1
+    conv = conv_vicuna_v1.copy()
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
 def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool = False) -> list:
     """(prompt with ``<regionK>`` placeholders, answer, region feature rows in placeholder order) per REC turn."""
     conv_file, ann_file = data / f"{split}.json", data / "annotations" / f"instances_{split}.json"
@@ -82,8 +91,6 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
     for a in anns.values():
         by_image.setdefault(a["image_id"], []).append(a)
     suffix = rec_suffix(load_pools())
-    system = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-              "detailed, and polite answers to the user's questions.")
     out = []
     for sample in json.loads(conv_file.read_text()):
         turns = sample["conversations"]
@@ -106,24 +113,24 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
 
             question = PLACEHOLDER.sub(place, question)
             if regions == "exact":
-                found = EXPRESSION.findall(question)
-                expr = EXPRESSION.search(question)
+                found = list(EXPRESSION.finditer(question))
                 if len(found) != 1:
                     raise StudyError(f"{conv_file}: sample {sample['id']}: no single expression in {question!r}")
                 image = anns[sample["regions"][0]["ann_id"]]["image_id"]
                 # the object the expression names (also when it was left out of the list: the no-match turns)
+                expr = found[0]
                 named = [a for a in by_image[image] if named_by(a, expr.group(0))]
                 if len(named) != 1:
                     raise StudyError(f"{conv_file}: sample {sample['id']}: {expr.group(0)!r} names {len(named)} "
                                      f"objects of its image, not one")
                 question = question[:expr.start()] + f"<region{len(feats) + 1}>" + question[expr.end():]
                 feats.append(one_hot(named[0]))
-            out.append((f"{system} USER: {question} ASSISTANT:", answer, feats))
+            out.append((vicuna_prompt(question), answer, feats))
             if listing and regions != "text":   # Table 13's "one turn for all RoIs" over the same candidates
                 q = (f"What category name best describes the region represented by "
                      f"{region_list([f'<region{k}>' for k in range(1, len(listed) + 1)])}? "
                      f"{category_suffix(shapes.VOCAB_NAME)}")
-                out.append((f"{system} USER: {q} ASSISTANT:", ", ".join(f"{a['colour']} {a['shape']}" for a in listed),
+                out.append((vicuna_prompt(q), ", ".join(f"{a['colour']} {a['shape']}" for a in listed),
                             [one_hot(a) for a in listed]))
     if not out:
         raise StudyError(f"{conv_file} has no REC turns (generated with --max-rec 0?)")

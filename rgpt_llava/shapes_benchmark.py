@@ -121,7 +121,13 @@ def prepare(args, out: Path) -> Dict[str, Path]:
 
     base = out / "base"
     llm = dict(LLM, num_layers=args.llm_layers)
-    llm_dir = base / ("llm" if args.llm_layers == LLM["num_layers"] else f"llm_{args.llm_layers}layers")
+    if args.llm != "random":
+        llm_dir = base / f"llm_{args.llm_name}"
+        if not (llm_dir / "config.json").is_file():
+            log(f"base LLM: {args.llm}")
+            shutil.copytree(args.llm, llm_dir, dirs_exist_ok=True)
+    else:
+        llm_dir = base / ("llm" if args.llm_layers == LLM["num_layers"] else f"llm_{args.llm_layers}layers")
     if not (llm_dir / "config.json").is_file():
         from rgpt_llava.tiny import build_tiny_llm, train_tiny_tokenizer
         tok = Path(args.tokenizer) if args.tokenizer else None
@@ -157,7 +163,8 @@ def prepare(args, out: Path) -> Dict[str, Path]:
 
 
 def tower_id(tower: Path) -> str:
-    """Short digest of a tower's weights, so a trained model is reused only with the tower it was trained on."""
+    """Short digest of a folder's weights (a tower's, a base LLM's), so a trained model is reused only with the
+    tower and base LLM it was trained from."""
     weights = sorted(tower.glob("*.safetensors")) + sorted(tower.glob("*.bin"))
     digest = hashlib.sha256()
     for w in weights:
@@ -170,7 +177,7 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
     mdir = out / name
     final = mdir / "stage2"
     settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": tower_id(paths["tower"]),
-                "tower_seconds": args.tower_seconds,
+                "tower_seconds": args.tower_seconds, "llm": args.llm_name,
                 **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
                                                  "stage2_steps", "batch_size", "stage1_lr", "stage2_lr", "region_box_prob")}}
     if (final / "config.json").is_file() and not args.retrain:
@@ -389,7 +396,10 @@ def parse_args(argv=None):
                          "'random' (the same architecture, random weights) or a CLIPVisionModel folder")
     ap.add_argument("--tower-seconds", type=float, default=0.0,
                     help="extra image-level pretraining of the tower on the training split, on this machine")
-    ap.add_argument("--llm-layers", type=int, default=LLM["num_layers"], help="layers of the tiny Llama")
+    ap.add_argument("--llm", default="random",
+                    help="base LLM: 'random' (a from-scratch tiny Llama, default) or a LlamaForCausalLM folder with "
+                         "its tokenizer (e.g. one saved by scripts/bench/rec_learnability.py --save)")
+    ap.add_argument("--llm-layers", type=int, help=f"layers of the random tiny Llama (default {LLM['num_layers']})")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -419,6 +429,24 @@ def parse_args(argv=None):
             ap.error(f"--tower {args.tower}: not a CLIPVisionModel folder (needs config.json and "
                      f"preprocessor_config.json), nor 'pretrained' / 'random'")
         args.tower_name = "custom_" + tower_id(path)
+    if args.llm == "random":
+        args.llm_name = "random"
+        args.llm_hidden = LLM["hidden_size"]
+        if args.llm_layers is None:
+            args.llm_layers = LLM["num_layers"]
+    else:
+        path = Path(args.llm)
+        missing = [f for f in ("config.json", "tokenizer.model") if not (path / f).is_file()]
+        if missing:
+            ap.error(f"--llm {args.llm}: not a Llama folder with its tokenizer ({', '.join(missing)} missing), "
+                     f"nor 'random'")
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") != "llama":
+            ap.error(f"--llm {args.llm}: model_type is {config.get('model_type')!r}, not 'llama'")
+        if args.llm_layers is not None:
+            ap.error("--llm-layers builds a random LLM; with --llm DIR the depth is the folder's")
+        args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
+        args.llm_name = "custom_" + tower_id(path)
     if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
         ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")
     if args.tower_seconds < 0:
@@ -456,7 +484,8 @@ def main(argv=None) -> int:
             "tower": args.tower, "tower_id": tower_id(paths["tower"]),
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
-            "tower_architecture": TOWER, "llm": dict(LLM, num_layers=args.llm_layers),
+            "tower_architecture": TOWER, "llm": dict(hidden_size=args.llm_hidden, num_layers=args.llm_layers),
+            "llm_source": args.llm, "llm_id": args.llm_name,
             "total_s": round(time.monotonic() - start, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(table + "\n")

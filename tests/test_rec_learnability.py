@@ -107,6 +107,9 @@ def test_bad_input_is_named(tmp_path, data, real_tokenizer_dir, capsys):
     with pytest.raises(SystemExit):
         study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "0"])
     assert "--steps must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--max-seconds", "0"])
+    assert "--max-seconds must be positive" in capsys.readouterr().err
 
 
 def test_bad_device_is_named(data, real_tokenizer_dir, capsys):
@@ -126,3 +129,101 @@ def test_listing_classifies_each_rec_candidate_list_in_order(data):
         assert answer == ", ".join(names)
     # held-out data is REC only, whatever --listing says
     assert len(study.rec_samples(data, "val", "oracle", "paper")) == len(rec_turns(data, "val"))
+
+
+def test_batched_forward_equals_one_sample_at_a_time(data, real_tokenizer_dir, tmp_path):
+    """The batched splice puts each sample's own k-th projected feature at its k-th sentinel: same loss and argmax as
+    running every sample alone (exact mode: several regions per sample, the query last)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from rgpt_llava.tiny import build_tiny_llm
+    build_tiny_llm(tmp_path, real_tokenizer_dir, hidden_size=32, num_layers=1, seed=0)
+    tok = AutoTokenizer.from_pretrained(tmp_path, use_fast=False)
+    model = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    batch = study.encode(study.rec_samples(data, "train", "exact", "paper"), tok)[:6]
+    assert len({len(f) for _, _, f in batch}) > 1          # different region counts in one batch
+    torch.manual_seed(0)
+    projector = torch.nn.Linear(len(batch[0][2][0]), 32)
+    with torch.no_grad():
+        loss, pred, gold = study.forward(model, projector, batch)
+        token_losses, preds = [], []
+        for ids, ans, feats in batch:
+            full = torch.tensor(ids + ans)
+            x = model.get_input_embeddings()(full.clamp_min(0))
+            for pos in (full <= study.REGION_TOKEN_INDEX).nonzero().flatten().tolist():
+                x[pos] = projector(torch.tensor(feats[study.REGION_TOKEN_INDEX - full[pos].item()]))
+            logits = model(inputs_embeds=x[None]).logits[0, len(ids) - 1:-1]
+            token_losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(ans), reduction="none"))
+            preds.append(logits.argmax(-1))
+    assert torch.equal(gold, torch.tensor([t for _, ans, _ in batch for t in ans]))
+    assert torch.allclose(loss, torch.cat(token_losses).mean(), atol=1e-5)
+    assert torch.equal(pred, torch.cat(preds))
+
+
+def test_max_seconds_caps_the_steps_and_the_schedule(data, real_tokenizer_dir, tmp_path):
+    out = tmp_path / "curve.json"
+    res = study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "1000000", "--eval-every",
+                      "1000000", "--batch-size", "2", "--hidden", "16", "--layers", "1", "--max-seconds", "1",
+                      "--json", str(out)])
+    steps = res["args"]["steps"]
+    assert res["requested_steps"] == 1000000 and 1 <= steps < 1000000
+    assert [c["step"] for c in res["curve"]] == [steps]       # the last step is evaluated, the schedule ended there
+    assert json.loads(out.read_text())["args"]["steps"] == steps
+
+
+def test_save_then_init_llm_continues_from_the_saved_weights(data, real_tokenizer_dir, tmp_path, capsys):
+    import torch
+    from transformers import LlamaForCausalLM
+    saved = tmp_path / "llm"
+    common = ["--data", str(data), "--tokenizer", real_tokenizer_dir, "--batch-size", "2", "--eval-every", "1"]
+    first = study.main(common + ["--steps", "2", "--hidden", "16", "--layers", "1", "--regions", "text",
+                                 "--save", str(saved)])
+    model = LlamaForCausalLM.from_pretrained(saved)
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (16, 1)
+    # --lr tiny: the continued run starts from (and so stays at) the saved weights, not at a fresh model's
+    second = study.main(common + ["--steps", "1", "--lr", "1e-12", "--regions", "text", "--init-llm", str(saved),
+                                  "--save", str(tmp_path / "again")])
+    assert second["args"]["hidden"] == 16 and second["args"]["layers"] == 1
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    fresh = study.main(common + ["--steps", "1", "--lr", "1e-12", "--regions", "text", "--hidden", "16",
+                                "--layers", "1", "--save", str(tmp_path / "fresh")])
+    fresh = LlamaForCausalLM.from_pretrained(tmp_path / "fresh").state_dict()
+    assert all(torch.allclose(v, again[k], atol=1e-6) for k, v in model.state_dict().items())
+    assert not all(torch.allclose(v, fresh[k], atol=1e-6) for k, v in model.state_dict().items())
+    with pytest.raises(SystemExit):
+        study.main(common + ["--init-llm", str(saved), "--hidden", "32"])
+    assert "drop --hidden/--layers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(common + ["--init-llm", str(tmp_path / "nowhere")])
+    assert "no config.json there" in capsys.readouterr().err
+
+
+def test_extra_train_adds_other_folders_turns_and_keeps_the_held_out_split(data, real_tokenizer_dir, tmp_path):
+    from rgpt_llava.data import shapes
+    other = tmp_path / "other"
+    assert shapes.main(["--out", str(other), "--n-train", "7", "--n-val", "1", "--seed", "4"]) in (0, None)
+    common = ["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "1", "--batch-size", "2",
+              "--hidden", "16", "--layers", "1"]
+    alone = study.main(common)
+    both = study.main(common + ["--extra-train", str(other), "--json", str(tmp_path / "both.json")])
+    assert json.loads((tmp_path / "both.json").read_text())["args"]["extra_train"] == [str(other)]
+    assert both["train_turns"] == alone["train_turns"] + len(rec_turns(other, "train"))
+    assert both["val_turns"] == alone["val_turns"] == len(rec_turns(data, "val"))
+    with pytest.raises(SystemExit):
+        study.main(common + ["--extra-train", str(tmp_path / "nowhere")])
+
+
+def test_freeze_llm_trains_the_projector_alone(data, real_tokenizer_dir, tmp_path, capsys):
+    import torch
+    from transformers import LlamaForCausalLM
+    common = ["--data", str(data), "--tokenizer", real_tokenizer_dir, "--batch-size", "2", "--eval-every", "1"]
+    study.main(common + ["--steps", "1", "--hidden", "16", "--layers", "1", "--save", str(tmp_path / "a")])
+    study.main(common + ["--steps", "3", "--lr", "1e-2", "--init-llm", str(tmp_path / "a"), "--freeze-llm",
+                         "--save", str(tmp_path / "b")])
+    study.main(common + ["--steps", "3", "--lr", "1e-2", "--init-llm", str(tmp_path / "a"), "--save", str(tmp_path / "c")])
+    a, b, c = (LlamaForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in "abc")
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert not all(torch.equal(v, c[k]) for k, v in a.items())
+    with pytest.raises(SystemExit):
+        study.main(common + ["--regions", "text", "--freeze-llm"])
+    assert "leaves nothing to train" in capsys.readouterr().err

@@ -102,3 +102,57 @@ def test_data_made_with_other_settings_is_not_reused(tmp_path):
     (tmp_path / "data" / "meta.json").write_text(json.dumps({"args": made}))
     with pytest.raises(SB.BenchmarkError, match="holds RegionShapes made with .*'max_rec': 4.*use another --out"):
         SB.prepare(args, tmp_path)
+
+
+def fake_llm(folder, layers=3, model_type="llama", weights=b"llm weights A"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, "num_hidden_layers": layers,
+                                                    "hidden_size": 64}))
+    (folder / "tokenizer.model").write_bytes(b"sp")
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_llm_choice_is_named_and_checked(tmp_path, capsys):
+    args = SB.parse_args(["--out", "x"])
+    assert (args.llm_name, args.llm_layers, args.llm_hidden) == ("random", SB.LLM["num_layers"], SB.LLM["hidden_size"])
+    assert SB.parse_args(["--out", "x", "--llm-layers", "4"]).llm_layers == 4
+    llm = fake_llm(tmp_path / "llm")
+    args = SB.parse_args(["--out", "x", "--llm", str(llm)])
+    assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.tower_id(llm)
+    for argv, message in [
+        (["--llm", str(tmp_path / "nowhere")], "not a Llama folder with its tokenizer (config.json, tokenizer.model"),
+        (["--llm", str(fake_llm(tmp_path / "clip", model_type="clip_vision_model"))], "model_type is 'clip_vision_model'"),
+        (["--llm", str(llm), "--llm-layers", "4"], "with --llm DIR the depth is the folder's"),
+        (["--llm-layers", "0"], "--llm-layers must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit):
+            SB.parse_args(["--out", "x"] + argv)
+        assert message in capsys.readouterr().err
+
+
+def test_a_custom_llm_is_the_base_and_part_of_the_reuse_key(tmp_path):
+    llm = fake_llm(tmp_path / "llm")
+    out = tmp_path / "out"
+    args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2", "--llm", str(llm)])
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
+    (out / "data" / "train_text.json").write_text("[]")
+    paths = SB.prepare(args, out)
+    assert paths["base"] == out / "base" / f"llm_{args.llm_name}"
+    assert (paths["base"] / "model.safetensors").read_bytes() == b"llm weights A"
+    # a model trained from the random LLM is not reused with this one
+    final = out / "rgpt" / "stage2"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
+    random_args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2"])
+    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.tower_id(paths["tower"]),
+                "tower_seconds": 0.0, "llm": "random",
+                **{k: getattr(random_args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
+                                                        "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
+                                                        "region_box_prob")}}
+    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    assert SB.train_model("rgpt", random_args, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}   # same: reused
+    with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
+        SB.train_model("rgpt", args, out, paths)

@@ -146,24 +146,33 @@ def encode(samples: list, tokenizer) -> list:
 
 
 def forward(model, projector, batch: list):
-    """Loss and per-token argmax on the answer tokens; region sentinels replaced by projected features."""
+    """Loss and per-token argmax on the answer tokens; region sentinels replaced by projected features.
+
+    One padded id tensor, one embedding call and one projector call per batch (not per sample): on a GPU the step
+    is then a handful of kernels instead of hundreds of small ones.
+    """
     emb = model.get_input_embeddings()
     dev = emb.weight.device
     length = max(len(i) + len(a) for i, a, _ in batch)
-    inputs = torch.zeros(len(batch), length, emb.weight.shape[1], device=dev)
-    mask = torch.zeros(len(batch), length, dtype=torch.long, device=dev)
-    labels = torch.full((len(batch), length), -100, device=dev)
-    for b, (ids, ans, feats) in enumerate(batch):
-        full = torch.tensor(ids + ans, device=dev)
-        is_region = full <= REGION_TOKEN_INDEX
-        row = emb(full.clamp_min(0))
-        if is_region.any():
-            k = REGION_TOKEN_INDEX - full[is_region]          # the k-th supplied region, as in training
-            row = row.clone()
-            row[is_region] = projector(torch.tensor(feats, device=dev))[k]
-        inputs[b, :len(full)] = row
-        mask[b, :len(full)] = 1
-        labels[b, len(ids) - 1:len(full) - 1] = torch.tensor(ans, device=dev)
+    ids = torch.zeros(len(batch), length, dtype=torch.long)
+    mask = torch.zeros(len(batch), length, dtype=torch.long)
+    labels = torch.full((len(batch), length), -100, dtype=torch.long)
+    feats, first = [], []            # all samples' feature rows stacked; the row where each sample's rows start
+    for b, (prompt_ids, ans, rows) in enumerate(batch):
+        n = len(prompt_ids) + len(ans)
+        ids[b, :n] = torch.tensor(prompt_ids + ans)
+        mask[b, :n] = 1
+        labels[b, len(prompt_ids) - 1:n - 1] = torch.tensor(ans)
+        first.append(len(feats))
+        feats += rows
+    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+    inputs = emb(ids.clamp_min(0)) * mask.unsqueeze(-1)
+    is_region = ids <= REGION_TOKEN_INDEX
+    if is_region.any():
+        # the k-th supplied region of its own sample, as in training
+        row_of = torch.tensor(first, device=dev)[:, None] + (REGION_TOKEN_INDEX - ids)
+        projected = projector(torch.tensor(feats, device=dev))
+        inputs = inputs.masked_scatter(is_region.unsqueeze(-1), projected[row_of[is_region]])
     h = model.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
     sel = labels != -100
     logits = model.lm_head(h[sel])
@@ -188,24 +197,46 @@ def accuracy(model, projector, val: list, batch_size: int = 64) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="a folder made by python -m rgpt_llava.data.shapes")
+    ap.add_argument("--extra-train", type=Path, nargs="+", default=[], metavar="DIR",
+                    help="more generator folders (other seeds) whose training REC turns are added; the held-out "
+                         "turns stay --data's")
     ap.add_argument("--regions", choices=("oracle", "exact", "text"), default="oracle")
     ap.add_argument("--layout", choices=("paper", "indexed", "after"), default="paper")
     ap.add_argument("--listing", action="store_true",
                     help="train also on one-turn classification of the same candidates (Table 13), REC scored alone")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
-    ap.add_argument("--hidden", type=int, default=LLM["hidden_size"])
-    ap.add_argument("--layers", type=int, default=LLM["num_layers"])
+    ap.add_argument("--hidden", type=int, help=f"default {LLM['hidden_size']} (the benchmark's)")
+    ap.add_argument("--layers", type=int, help=f"default {LLM['num_layers']} (the benchmark's)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (fp32 either way)")
-    ap.add_argument("--json", type=Path, help="write the curve here")
+    ap.add_argument("--init-llm", type=Path,
+                    help="start from this saved Llama (a --save folder) instead of a random one, with its width "
+                         "and depth")
+    ap.add_argument("--freeze-llm", action="store_true",
+                    help="train the projector alone (the LLM frozen, as in stage 1): can a given LLM's REC be "
+                         "reached through the projector?")
+    ap.add_argument("--save", type=Path, help="save the trained Llama and tokenizer here (save_pretrained)")
+    ap.add_argument("--json", type=Path, help="write the curve here (rewritten at every evaluation)")
+    ap.add_argument("--max-seconds", type=float,
+                    help="cap --steps so training and its evaluations fit this wall time: 20 timed steps at learning "
+                         "rate 0 and one timed evaluation set the cap before training starts, so the learning-rate "
+                         "schedule still runs to its end")
     args = ap.parse_args(argv)
     for name in ("hidden", "layers", "steps", "batch_size", "eval_every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        ap.error("--max-seconds must be positive")
+    if args.init_llm is not None and not (args.init_llm / "config.json").is_file():
+        ap.error(f"--init-llm {args.init_llm}: no config.json there (a folder written by --save is expected)")
+    if args.init_llm is not None and (args.hidden is not None or args.layers is not None):
+        ap.error("--init-llm takes the width and depth from the saved model; drop --hidden/--layers")
+    args.hidden = args.hidden or LLM["hidden_size"]
+    args.layers = args.layers or LLM["num_layers"]
     if not (args.tokenizer / "tokenizer.model").is_file():
         ap.error(f"no LLaMA tokenizer at {args.tokenizer} (tokenizer.model missing)")
     try:
@@ -214,10 +245,14 @@ def main(argv=None):
         ap.error(f"--device {args.device}: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch build sees no CUDA device")
+    if args.regions == "text" and args.freeze_llm:
+        ap.error("--freeze-llm with --regions text leaves nothing to train (no region tokens, no projector)")
     if args.regions == "text" and args.layout != "paper":
         ap.error("--regions text has no region tokens to index; use --layout paper")
     try:
         train = rec_samples(args.data, "train", args.regions, args.layout, args.listing)
+        for extra in args.extra_train:
+            train += rec_samples(extra, "train", args.regions, args.layout, args.listing)
         val = rec_samples(args.data, "val", args.regions, args.layout)
     except StudyError as e:
         ap.error(str(e))
@@ -226,18 +261,28 @@ def main(argv=None):
     from rgpt_llava.tiny import build_tiny_llm
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
-        model = LlamaForCausalLM.from_pretrained(tmp)
+    if args.init_llm is not None:
+        tokenizer = AutoTokenizer.from_pretrained(args.init_llm, use_fast=False)
+        model = LlamaForCausalLM.from_pretrained(args.init_llm)
+        args.hidden, args.layers = model.config.hidden_size, model.config.num_hidden_layers
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed)
+            tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
+            model = LlamaForCausalLM.from_pretrained(tmp)
     train, val = encode(train, tokenizer), encode(val, tokenizer)
     feat_dim = sum(len(v) for v in ATTRIBUTES.values())
     projector = torch.nn.Sequential(torch.nn.Linear(feat_dim, args.hidden), torch.nn.GELU(),
                                     torch.nn.Linear(args.hidden, args.hidden))   # LLaVA's mlp2x_gelu shape
     model.to(args.device)
     projector.to(args.device)
-    params = list(model.parameters()) + list(projector.parameters())
+    if args.freeze_llm:
+        model.requires_grad_(False)
+    params = [p for p in list(model.parameters()) + list(projector.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    requested = args.steps
+    if args.max_seconds is not None:
+        args.steps = min(args.steps, fitting_steps(model, projector, train, val, params, args))
     warmup = max(1, args.steps // 33)   # 3 %, then cosine: the benchmark's schedule
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
@@ -255,12 +300,51 @@ def main(argv=None):
             curve.append({"step": step, "loss": round(loss.item(), 4), "rec_acc": round(accuracy(model, projector, val), 2),
                           "seconds": round(time.time() - t0, 1)})
             print(json.dumps(curve[-1]), flush=True)
-    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "train_turns": len(train), "val_turns": len(val), "curve": curve,
-              "torch_threads": torch.get_num_threads(), "device": str(args.device)}
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+            result = {"args": {k: as_json(v) for k, v in vars(args).items()},
+                      "requested_steps": requested, "train_turns": len(train), "val_turns": len(val), "curve": curve,
+                      "torch_threads": torch.get_num_threads(), "device": str(args.device)}
+            if args.json:   # at every evaluation, so a run cut short still leaves its curve
+                args.json.write_text(json.dumps(result, indent=1))
+    if args.save is not None:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
     return result
+
+
+def as_json(value):
+    """Paths (also lists of them, as --extra-train) as strings."""
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def fitting_steps(model, projector, train: list, val: list, params: list, args) -> int:
+    """How many training steps (with their evaluations every --eval-every) fit in --max-seconds."""
+    rng = random.Random(args.seed + 1)
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+    idle = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)   # the real step's cost, with weights left as they are
+
+    def step():
+        forward(model, projector, rng.sample(train, min(args.batch_size, len(train))))[0].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        idle.step()
+        idle.zero_grad()
+
+    step()   # warm-up
+    sync()
+    t0 = time.time()
+    for _ in range(20):
+        step()
+    sync()
+    per_step = (time.time() - t0) / 20
+    t0 = time.time()
+    accuracy(model, projector, val)
+    sync()
+    per_eval = time.time() - t0
+    steps = max(1, int(args.max_seconds / (per_step + per_eval / args.eval_every)))
+    print(f"--max-seconds {args.max_seconds:g}: {per_step * 1000:.1f} ms/step, {per_eval:.1f} s/evaluation "
+          f"-> {min(steps, args.steps)} steps", flush=True)
+    return steps
 
 
 if __name__ == "__main__":

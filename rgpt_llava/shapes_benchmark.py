@@ -162,10 +162,10 @@ def prepare(args, out: Path) -> Dict[str, Path]:
     return dict(data=data, base=llm_dir, tower=tower, text_train=text_train)
 
 
-def tower_id(tower: Path) -> str:
+def weights_id(folder: Path) -> str:
     """Short digest of a folder's weights (a tower's, a base LLM's), so a trained model is reused only with the
     tower and base LLM it was trained from."""
-    weights = sorted(tower.glob("*.safetensors")) + sorted(tower.glob("*.bin"))
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     digest = hashlib.sha256()
     for w in weights:
         digest.update(w.read_bytes())
@@ -176,7 +176,7 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
     cfg = MODELS[name]
     mdir = out / name
     final = mdir / "stage2"
-    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": tower_id(paths["tower"]),
+    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": weights_id(paths["tower"]),
                 "tower_seconds": args.tower_seconds, "llm": args.llm_name,
                 **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
                                                  "stage2_steps", "batch_size", "stage1_lr", "stage2_lr", "region_box_prob")}}
@@ -428,7 +428,7 @@ def parse_args(argv=None):
         if not (path / "config.json").is_file() or not (path / "preprocessor_config.json").is_file():
             ap.error(f"--tower {args.tower}: not a CLIPVisionModel folder (needs config.json and "
                      f"preprocessor_config.json), nor 'pretrained' / 'random'")
-        args.tower_name = "custom_" + tower_id(path)
+        args.tower_name = "custom_" + weights_id(path)
     if args.llm == "random":
         args.llm_name = "random"
         args.llm_hidden = LLM["hidden_size"]
@@ -446,7 +446,7 @@ def parse_args(argv=None):
         if args.llm_layers is not None:
             ap.error("--llm-layers builds a random LLM; with --llm DIR the depth is the folder's")
         args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
-        args.llm_name = "custom_" + tower_id(path)
+        args.llm_name = "custom_" + weights_id(path)
     if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
         ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")
     if args.tower_seconds < 0:
@@ -481,7 +481,7 @@ def main(argv=None) -> int:
     table = results_table(results)
     meta = {"preset": args.preset, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
             "rec_turns": args.rec_turns,
-            "tower": args.tower, "tower_id": tower_id(paths["tower"]),
+            "tower": args.tower, "tower_id": weights_id(paths["tower"]),
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
             "tower_architecture": TOWER, "llm": dict(hidden_size=args.llm_hidden, num_layers=args.llm_layers),

@@ -77,10 +77,10 @@ def test_tower_choice_and_identity(tmp_path):
         (tmp_path / name).write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"weights A")
     custom = SB.parse_args(["--out", "x", "--tower", str(tmp_path)])
-    assert custom.tower_name == "custom_" + SB.tower_id(tmp_path)
-    before = SB.tower_id(tmp_path)
+    assert custom.tower_name == "custom_" + SB.weights_id(tmp_path)
+    before = SB.weights_id(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"weights B")
-    assert SB.tower_id(tmp_path) != before    # other weights: a trained model is not reused with them
+    assert SB.weights_id(tmp_path) != before    # other weights: a trained model is not reused with them
 
 
 def test_shipped_tower_is_the_benchmark_architecture():
@@ -119,7 +119,7 @@ def test_llm_choice_is_named_and_checked(tmp_path, capsys):
     assert SB.parse_args(["--out", "x", "--llm-layers", "4"]).llm_layers == 4
     llm = fake_llm(tmp_path / "llm")
     args = SB.parse_args(["--out", "x", "--llm", str(llm)])
-    assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.tower_id(llm)
+    assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.weights_id(llm)
     for argv, message in [
         (["--llm", str(tmp_path / "nowhere")], "not a Llama folder with its tokenizer (config.json, tokenizer.model"),
         (["--llm", str(fake_llm(tmp_path / "clip", model_type="clip_vision_model"))], "model_type is 'clip_vision_model'"),
@@ -147,7 +147,7 @@ def test_a_custom_llm_is_the_base_and_part_of_the_reuse_key(tmp_path):
     (final / "config.json").write_text("{}")
     (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
     random_args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2"])
-    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.tower_id(paths["tower"]),
+    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
                 "tower_seconds": 0.0, "llm": "random",
                 **{k: getattr(random_args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
                                                         "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",

@@ -290,11 +290,7 @@ def main(argv=None):
           f"LLM {args.layers} layers x {args.hidden}", flush=True)
     curve, t0 = [], time.time()
     for step in range(1, args.steps + 1):
-        loss, _, _ = forward(model, projector, rng.sample(train, min(args.batch_size, len(train))))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        loss = train_step(model, projector, rng.sample(train, min(args.batch_size, len(train))), params, opt)
         sched.step()
         if step % args.eval_every == 0 or step == args.steps:
             curve.append({"step": step, "loss": round(loss.item(), 4), "rec_acc": round(accuracy(model, projector, val), 2),
@@ -311,6 +307,15 @@ def main(argv=None):
     return result
 
 
+def train_step(model, projector, batch: list, params: list, opt) -> torch.Tensor:
+    loss, _, _ = forward(model, projector, batch)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss
+
+
 def as_json(value):
     """Paths (also lists of them, as --extra-train) as strings."""
     if isinstance(value, list):
@@ -325,10 +330,7 @@ def fitting_steps(model, projector, train: list, val: list, params: list, args) 
     idle = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)   # the real step's cost, with weights left as they are
 
     def step():
-        forward(model, projector, rng.sample(train, min(args.batch_size, len(train))))[0].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        idle.step()
-        idle.zero_grad()
+        train_step(model, projector, rng.sample(train, min(args.batch_size, len(train))), params, idle)
 
     step()   # warm-up
     sync()

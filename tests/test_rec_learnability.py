@@ -28,13 +28,19 @@ def rec_turns(data, split):
     return turns
 
 
+def single(samples):
+    """One-turn samples ([(question, answer)], rows) as (question, answer, rows)."""
+    assert all(len(pairs) == 1 for pairs, _ in samples)
+    return [(pairs[0][0], pairs[0][1], rows) for pairs, rows in samples]
+
+
 def anns(data, split):
     return {a["id"]: a for a in json.loads((data / "annotations" / f"instances_{split}.json").read_text())["annotations"]}
 
 
 def test_oracle_paper_keeps_prompt_answer_and_region_order(data):
     turns, by_id = rec_turns(data, "train"), anns(data, "train")
-    got = study.rec_samples(data, "train", "oracle", "paper")
+    got = single(study.rec_samples(data, "train", "oracle", "paper"))
     assert len(got) == len(turns) > 0
     for (q, a, s), (prompt, answer, feats) in zip(turns, got):
         assert answer == a
@@ -48,14 +54,14 @@ def test_oracle_paper_keeps_prompt_answer_and_region_order(data):
 
 def test_layouts_write_the_list_position(data):
     for layout, fmt in (("indexed", "Region [{p}] <region{p}>"), ("after", "<region{p}> Region [{p}]")):
-        for prompt, _, feats in study.rec_samples(data, "val", "oracle", layout):
+        for prompt, _, feats in single(study.rec_samples(data, "val", "oracle", layout)):
             for p in range(1, len(feats) + 1):
                 assert fmt.format(p=p) in prompt
 
 
 def test_exact_query_is_the_named_object(data):
     by_id = anns(data, "train")
-    samples = study.rec_samples(data, "train", "exact", "paper")
+    samples = single(study.rec_samples(data, "train", "exact", "paper"))
     matched = 0
     for (q, a, s), (prompt, answer, feats) in zip(rec_turns(data, "train"), samples):
         assert prompt.count("<region") == len(feats) == q.count("<region") + 1
@@ -77,7 +83,8 @@ def test_named_by():
 
 def test_text_regions_are_captions(data):
     by_id = anns(data, "val")
-    for (q, a, s), (prompt, _, feats) in zip(rec_turns(data, "val"), study.rec_samples(data, "val", "text", "paper")):
+    text = single(study.rec_samples(data, "val", "text", "paper"))
+    for (q, a, s), (prompt, _, feats) in zip(rec_turns(data, "val"), text):
         assert feats == [] and "<region" not in prompt
         for n in re.findall(r"<region(\d+)>", q):
             assert by_id[s["regions"][int(n) - 1]["ann_id"]]["caption"] in prompt
@@ -87,8 +94,12 @@ def test_runs_and_writes_its_curve(data, real_tokenizer_dir, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(real_tokenizer_dir, use_fast=False)
     samples = study.rec_samples(data, "val", "oracle", "paper")
-    for ids, answer, feats in study.encode(samples, tok):   # one sentinel per region, the answer ends with </s>
-        assert sum(i <= study.REGION_TOKEN_INDEX for i in ids) == len(feats) and answer[-1] == tok.eos_token_id
+    for (pairs, _), (ids, labels, feats) in zip(samples, study.encode(samples, tok)):
+        # one sentinel per region; the labels are exactly the answer and its </s>, at the end
+        assert sum(i <= study.REGION_TOKEN_INDEX for i in ids) == len(feats)
+        answer = tok(pairs[0][1]).input_ids[1:] + [tok.eos_token_id]
+        assert labels[-len(answer):] == ids[-len(answer):] == answer
+        assert set(labels[:-len(answer)]) == {-100}
     out = tmp_path / "curve.json"
     res = study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "3", "--eval-every", "2",
                       "--batch-size", "4", "--hidden", "32", "--json", str(out)])
@@ -119,16 +130,17 @@ def test_bad_device_is_named(data, real_tokenizer_dir, capsys):
 
 
 def test_listing_classifies_each_rec_candidate_list_in_order(data):
-    rec = study.rec_samples(data, "train", "oracle", "paper")
-    both = study.rec_samples(data, "train", "oracle", "paper", listing=True)
-    assert len(both) == 2 * len(rec) and both[0::2] == rec
+    rec = single(study.rec_samples(data, "train", "oracle", "paper"))
+    both = single(study.rec_samples(data, "train", "oracle", "paper", listing=True))
+    listing = [x for x in both if "template Region [x]" not in x[0]]
+    assert len(both) == 2 * len(rec) and [x for x in both if x not in listing] == rec
     colours, shapes_ = study.ATTRIBUTES["colour"], study.ATTRIBUTES["shape"]
-    for (_, _, feats), (prompt, answer, listed) in zip(rec, both[1::2]):
+    for (_, _, feats), (prompt, answer, listed) in zip(rec, listing):
         assert listed == feats and "RegionShapes category names" in prompt
         names = [f"{colours[f[5:9].index(1.0)]} {shapes_[f[0:5].index(1.0)]}" for f in feats]
         assert answer == ", ".join(names)
     # held-out data is REC only, whatever --listing says
-    assert len(study.rec_samples(data, "val", "oracle", "paper")) == len(rec_turns(data, "val"))
+    assert len(single(study.rec_samples(data, "val", "oracle", "paper"))) == len(rec_turns(data, "val"))
 
 
 def test_batched_forward_equals_one_sample_at_a_time(data, real_tokenizer_dir, tmp_path):
@@ -147,15 +159,17 @@ def test_batched_forward_equals_one_sample_at_a_time(data, real_tokenizer_dir, t
     with torch.no_grad():
         loss, pred, gold = study.forward(model, projector, batch)
         token_losses, preds = [], []
-        for ids, ans, feats in batch:
-            full = torch.tensor(ids + ans)
+        for ids, labels, feats in batch:
+            full = torch.tensor(ids)
+            n_ans = sum(t != -100 for t in labels)    # one turn: the answer is the last n_ans tokens
+            ans = full[-n_ans:]
             x = model.get_input_embeddings()(full.clamp_min(0))
             for pos in (full <= study.REGION_TOKEN_INDEX).nonzero().flatten().tolist():
                 x[pos] = projector(torch.tensor(feats[study.REGION_TOKEN_INDEX - full[pos].item()]))
-            logits = model(inputs_embeds=x[None]).logits[0, len(ids) - 1:-1]
-            token_losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(ans), reduction="none"))
+            logits = model(inputs_embeds=x[None]).logits[0, len(ids) - n_ans - 1:-1]
+            token_losses.append(torch.nn.functional.cross_entropy(logits, ans, reduction="none"))
             preds.append(logits.argmax(-1))
-    assert torch.equal(gold, torch.tensor([t for _, ans, _ in batch for t in ans]))
+    assert torch.equal(gold, torch.tensor([t for _, labels, _ in batch for t in labels if t != -100]))
     assert torch.allclose(loss, torch.cat(token_losses).mean(), atol=1e-5)
     assert torch.equal(pred, torch.cat(preds))
 
@@ -227,3 +241,64 @@ def test_freeze_llm_trains_the_projector_alone(data, real_tokenizer_dir, tmp_pat
     with pytest.raises(SystemExit):
         study.main(common + ["--regions", "text", "--freeze-llm"])
     assert "leaves nothing to train" in capsys.readouterr().err
+
+
+def test_fewer_candidates_keeps_the_target_and_renumbers_the_answer(data):
+    by_id, pools = anns(data, "train"), study.load_pools()
+    full = single(study.rec_samples(data, "train", "oracle", "paper"))
+    short = single(study.rec_samples(data, "train", "oracle", "paper", max_candidates=2, seed=5))
+    assert len(full) == len(short)
+    shortened = no_match = 0
+    for (q, a, feats), (q2, a2, feats2) in zip(full, short):
+        assert len(feats2) == min(2, len(feats)) == q2.count("<region")
+        assert all(f in feats for f in feats2)          # a subset of the listed candidates, in their order
+        if a == study.no_match_answer(pools):
+            assert a2 == a
+            no_match += 1
+        else:   # the answer points at the same candidate's features in the shorter list
+            x, x2 = (int(re.fullmatch(r"Region \[(\d+)\]", s).group(1)) for s in (a, a2))
+            assert feats2[x2 - 1] == feats[x - 1]
+        shortened += len(feats) > 2
+    assert shortened > 0
+    q = "Pick <region1>, <region2>, <region3> and <region4>, please."
+    for seed in range(10):
+        q2, a2 = study.fewer_candidates(q, "Region [3]", 2, study.random.Random(seed), "x")
+        kept = re.findall(r"<region\d+>", q2)
+        assert "<region3>" in kept and kept == sorted(kept) and len(kept) == 2
+        assert q2 == f"Pick {kept[0]} and {kept[1]}, please." and a2 == f"Region [{kept.index('<region3>') + 1}]"
+    assert study.fewer_candidates(q, "Region [2]", 4, study.random.Random(0), "x") == (q, "Region [2]")
+    with pytest.raises(study.StudyError, match="neither a list position"):
+        study.fewer_candidates("Pick <region1>, <region2> and <region3>.", "Region [7]", 2, study.random.Random(0), "x")
+
+
+def test_curriculum_reports_both_held_out_sets_and_refuses_bad_flags(data, real_tokenizer_dir, capsys):
+    res = study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "3", "--eval-every", "3",
+                      "--batch-size", "4", "--hidden", "32", "--max-candidates", "2", "--easy-steps", "2"])
+    assert [sorted(c) for c in res["curve"]] == [["loss", "rec_acc", "rec_acc_shortened", "seconds", "step"]]
+    for flags, message in ((["--easy-steps", "5"], "--easy-steps needs --max-candidates"),
+                           (["--max-candidates", "1"], "--max-candidates must be at least 2")):
+        with pytest.raises(SystemExit) as e:
+            study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir] + flags)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_turns_per_sample_keeps_an_images_rec_turns_together(data, real_tokenizer_dir):
+    from transformers import AutoTokenizer
+    one = single(study.rec_samples(data, "train", "oracle", "paper"))
+    grouped = study.rec_samples(data, "train", "oracle", "paper", turns_per_sample=2)
+    assert len(grouped) < len(one) and max(len(p) for p, _ in grouped) == 2
+    flat = []
+    for pairs, rows in grouped:   # the same turns, in order, each placeholder renumbered onto its own rows
+        offset = 0
+        for q, a in pairs:
+            numbers = [int(n) for n in re.findall(r"<region(\d+)>", q)]
+            assert numbers == list(range(offset + 1, offset + len(numbers) + 1))
+            flat.append((re.sub(r"<region(\d+)>", lambda m: f"<region{int(m.group(1)) - offset}>", q), a,
+                         rows[offset:offset + len(numbers)]))
+            offset += len(numbers)
+        assert offset == len(rows)
+    assert flat == one
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir, use_fast=False)
+    for (pairs, _), (ids, labels, _) in zip(grouped, study.encode(grouped, tok)):
+        spans = study.answer_spans(labels)    # LLaVA's masking: every answer supervised, nothing else
+        assert [ids[a:b] for a, b in spans] == [tok(ans).input_ids[1:] + [tok.eos_token_id] for _, ans in pairs]

@@ -4,7 +4,7 @@
     python -m rgpt_llava.data.shapes --out D --n-train 6000 --n-val 300 --seed 0
     python scripts/bench/rec_learnability.py --data D --regions oracle --steps 2000 --json out.json
 
-Only the REC turns of the generated conversations are used, each as its own one-turn Vicuna-v1 sample; the loss is on
+Only the REC turns of the generated conversations are used, by default each as its own one-turn sample; the loss is on
 the answer (`Region [x]` / the no-match answer), as in training. The LLM is the benchmark's tiny Llama (same
 builder, same width and depth by default, random start) and the region tokens go through LLaVA's `mlp2x_gelu`
 projector shape, but the region *features* are not the tower's:
@@ -20,6 +20,12 @@ projector shape, but the region *features* are not the tower's:
   --layout indexed   "Region [1] <region1>, ...": the position written before each candidate
   --layout after     "<region1> Region [1], ...": the position written after each candidate
 
+  --max-candidates K [--easy-steps S]   a curriculum: training lists cut to the target and K-1 others (for the first
+                     S steps, or throughout); held-out accuracy on full and on cut lists
+  --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
+                     masking supervises every answer), as a training conversation carries them
+
+Samples are tokenised and masked by LLaVA's own ``preprocess_v1`` (Vicuna-v1 template, region-aware tokenizer).
 Accuracy is the exact match of the whole answer, teacher-forced on the held-out REC turns (the same as greedy decoding
 would give when it is right). Measured curves and their commands: docs/SHAPES.md, "Why REC stays at chance".
 """
@@ -41,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from rgpt_llava.constants import REGION_TOKEN_INDEX  # noqa: E402
 from rgpt_llava.data import shapes  # noqa: E402
-from rgpt_llava.data.instructions import category_suffix, load_pools, rec_suffix, region_list  # noqa: E402
+from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
+                                          region_list)  # noqa: E402
 from rgpt_llava.mm_utils import tokenizer_region_token  # noqa: E402
 from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
 
@@ -71,17 +78,45 @@ def named_by(ann: dict, expression: str) -> bool:
     return all(any(w == ann[key] for key, values in ATTRIBUTES.items() if w in values) for w in words[:-1])
 
 
-def vicuna_prompt(question: str) -> str:
-    """One user turn in LLaVA's Vicuna-v1 template (``--version v1``, as the benchmark trains), ready for the answer."""
-    from llava.conversation import conv_vicuna_v1
-    conv = conv_vicuna_v1.copy()
-    conv.append_message(conv.roles[0], question)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+def merged(turns: list) -> tuple:
+    """Several (question, answer, feature rows) turns as one multi-turn sample: ([(question, answer), ...], rows),
+    each turn's ``<regionK>`` renumbered after the rows of the turns before it."""
+    pairs, rows = [], []
+    for question, answer, feats in turns:
+        offset = len(rows)
+        pairs.append((PLACEHOLDER.sub(lambda m: f"<region{int(m.group(1)) + offset}>", question), answer))
+        rows += feats
+    return pairs, rows
 
 
-def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool = False) -> list:
-    """(prompt with ``<regionK>`` placeholders, answer, region feature rows in placeholder order) per REC turn."""
+def fewer_candidates(question: str, answer: str, keep: int, rng: random.Random, where: str):
+    """The same REC turn over at most ``keep`` of its candidates: the target (when listed) and random others, in their
+    listed order, renumbered as a list of its own. The expression still names one object (it named one in the image)."""
+    found = list(PLACEHOLDER.finditer(question))
+    listed = [m.group(0) for m in found]
+    if question[found[0].start():found[-1].end()] != region_list(listed):
+        raise StudyError(f"{where}: the candidates are not one list in {question!r}")
+    if len(listed) <= keep:
+        return question, answer
+    positions = {rec_answer(k + 1): k for k in range(len(listed))}
+    if answer != no_match_answer() and answer not in positions:
+        raise StudyError(f"{where}: {answer!r} is neither a list position of {len(listed)} candidates nor no-match")
+    target = positions.get(answer)
+    others = [i for i in range(len(listed)) if i != target]
+    chosen = sorted(rng.sample(others, keep - (target is not None)) + ([target] if target is not None else []))
+    question = question[:found[0].start()] + region_list([listed[i] for i in chosen]) + question[found[-1].end():]
+    return question, answer if target is None else rec_answer(chosen.index(target) + 1)
+
+
+def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool = False,
+                max_candidates: int = None, seed: int = 0, turns_per_sample: int = 1) -> list:
+    """Samples ``([(question, answer), ...], region feature rows in placeholder order)``: by default one REC turn
+    each; ``turns_per_sample`` N > 1 keeps up to N REC turns of the same image together as one multi-turn sample
+    (as a training conversation carries them), its placeholders numbered across the turns.
+
+    ``max_candidates``: shorten each candidate list to the target and random others (:func:`fewer_candidates`), an
+    easier REC for a curriculum."""
+    rng = random.Random(seed)
     conv_file, ann_file = data / f"{split}.json", data / "annotations" / f"instances_{split}.json"
     for f in (conv_file, ann_file):
         if not f.is_file():
@@ -93,11 +128,14 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
     suffix = rec_suffix(load_pools())
     out = []
     for sample in json.loads(conv_file.read_text()):
-        turns = sample["conversations"]
+        turns, rec = sample["conversations"], []
         for q, a in zip(turns[0::2], turns[1::2]):
             question, answer = q["value"].replace("<image>\n", "").replace("<image>", ""), a["value"]
             if suffix not in question:
                 continue
+            if max_candidates is not None:
+                question, answer = fewer_candidates(question, answer, max_candidates, rng,
+                                                    f"{conv_file}: sample {sample['id']}")
             feats, position, listed = [], 0, []
 
             def place(m):
@@ -125,24 +163,55 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
                                      f"objects of its image, not one")
                 question = question[:expr.start()] + f"<region{len(feats) + 1}>" + question[expr.end():]
                 feats.append(one_hot(named[0]))
-            out.append((vicuna_prompt(question), answer, feats))
+            rec.append((question, answer, feats))
             if listing and regions != "text":   # Table 13's "one turn for all RoIs" over the same candidates
                 q = (f"What category name best describes the region represented by "
                      f"{region_list([f'<region{k}>' for k in range(1, len(listed) + 1)])}? "
                      f"{category_suffix(shapes.VOCAB_NAME)}")
-                out.append((vicuna_prompt(q), ", ".join(f"{a['colour']} {a['shape']}" for a in listed),
+                out.append(([(q, ", ".join(f"{a['colour']} {a['shape']}" for a in listed))],
                             [one_hot(a) for a in listed]))
+        out += [merged(rec[i:i + turns_per_sample]) for i in range(0, len(rec), turns_per_sample)]
     if not out:
         raise StudyError(f"{conv_file} has no REC turns (generated with --max-rec 0?)")
     return out
 
 
 def encode(samples: list, tokenizer) -> list:
+    """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess_v1`` in the Vicuna-v1
+    template (``--version v1``, as the benchmark trains), with region placeholders as in training: labels are the
+    ids on every answer (and its ``</s>``), -100 elsewhere."""
+    from llava import conversation as conversation_lib
+    from llava.train.train import preprocess_v1
+    from rgpt_llava.train.dataset import region_aware_llava_preprocess
+    if tokenizer.pad_token is None:   # what llava.train.train.train() sets for every template but v0
+        tokenizer.pad_token = tokenizer.unk_token
+    saved = conversation_lib.default_conversation
+    conversation_lib.default_conversation = conversation_lib.conv_vicuna_v1
     enc = []
-    for prompt, answer, feats in samples:
-        ids = tokenizer_region_token(prompt, tokenizer)
-        enc.append((ids, tokenizer(answer).input_ids[1:] + [tokenizer.eos_token_id], feats))
+    try:
+        with region_aware_llava_preprocess():
+            for pairs, feats in samples:
+                source = [m for q, a in pairs for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
+                out = preprocess_v1([source], tokenizer, has_image=True)
+                ids, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
+                if all(t == -100 for t in labels):
+                    raise StudyError(f"LLaVA's preprocess masked every token of {source!r} (tokenization mismatch)")
+                enc.append((ids, labels, feats))
+    finally:
+        conversation_lib.default_conversation = saved
     return enc
+
+
+def answer_spans(labels) -> list:
+    """(start, end) of each run of supervised positions: one per answer."""
+    spans, start = [], None
+    for i, t in enumerate(list(labels) + [-100]):
+        if t != -100 and start is None:
+            start = i
+        elif t == -100 and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
 
 def forward(model, projector, batch: list):
@@ -153,16 +222,16 @@ def forward(model, projector, batch: list):
     """
     emb = model.get_input_embeddings()
     dev = emb.weight.device
-    length = max(len(i) + len(a) for i, a, _ in batch)
+    length = max(len(i) for i, _, _ in batch)
     ids = torch.zeros(len(batch), length, dtype=torch.long)
     mask = torch.zeros(len(batch), length, dtype=torch.long)
     labels = torch.full((len(batch), length), -100, dtype=torch.long)
     feats, first = [], []            # all samples' feature rows stacked; the row where each sample's rows start
-    for b, (prompt_ids, ans, rows) in enumerate(batch):
-        n = len(prompt_ids) + len(ans)
-        ids[b, :n] = torch.tensor(prompt_ids + ans)
+    for b, (sample_ids, sample_labels, rows) in enumerate(batch):
+        n = len(sample_ids)
+        ids[b, :n] = torch.tensor(sample_ids)
         mask[b, :n] = 1
-        labels[b, len(prompt_ids) - 1:n - 1] = torch.tensor(ans)
+        labels[b, :n - 1] = torch.tensor(sample_labels[1:])   # position t predicts token t + 1
         first.append(len(feats))
         feats += rows
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
@@ -181,17 +250,20 @@ def forward(model, projector, batch: list):
 
 @torch.no_grad()
 def accuracy(model, projector, val: list, batch_size: int = 64) -> float:
+    """Held-out answers that are exactly right, % (every answer of a multi-turn sample counts)."""
     model.eval()
-    right = 0
+    right = total = 0
     for i in range(0, len(val), batch_size):
         chunk = val[i:i + batch_size]
         _, pred, gold = forward(model, projector, chunk)
         k = 0
-        for _, ans, _ in chunk:
-            right += int(torch.equal(pred[k:k + len(ans)], gold[k:k + len(ans)]))
-            k += len(ans)
+        for _, labels, _ in chunk:
+            for start, end in answer_spans(labels):
+                right += int(torch.equal(pred[k:k + end - start], gold[k:k + end - start]))
+                k += end - start
+                total += 1
     model.train()
-    return 100.0 * right / len(val)
+    return 100.0 * right / total
 
 
 def main(argv=None):
@@ -204,6 +276,16 @@ def main(argv=None):
     ap.add_argument("--layout", choices=("paper", "indexed", "after"), default="paper")
     ap.add_argument("--listing", action="store_true",
                     help="train also on one-turn classification of the same candidates (Table 13), REC scored alone")
+    ap.add_argument("--max-candidates", type=int, metavar="K",
+                    help="an easier REC: each training turn keeps its target and at most K-1 other candidates "
+                         "(renumbered); held-out accuracy is reported on the full lists and on lists shortened the "
+                         "same way")
+    ap.add_argument("--easy-steps", type=int, metavar="S",
+                    help="with --max-candidates: a curriculum, the shortened lists for the first S steps, the full "
+                         "lists after (default: shortened lists throughout)")
+    ap.add_argument("--turns-per-sample", type=int, default=1, metavar="N",
+                    help="keep up to N REC turns of an image together as one multi-turn training sample (the "
+                         "generator's --max-rec sets how many an image has); held-out turns stay one per sample")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     ap.add_argument("--hidden", type=int, help=f"default {LLM['hidden_size']} (the benchmark's)")
     ap.add_argument("--layers", type=int, help=f"default {LLM['num_layers']} (the benchmark's)")
@@ -226,7 +308,11 @@ def main(argv=None):
                          "rate 0 and one timed evaluation set the cap before training starts, so the learning-rate "
                          "schedule still runs to its end")
     args = ap.parse_args(argv)
-    for name in ("hidden", "layers", "steps", "batch_size", "eval_every"):
+    if args.easy_steps is not None and args.max_candidates is None:
+        ap.error("--easy-steps needs --max-candidates")
+    if args.max_candidates is not None and args.max_candidates < 2:
+        ap.error("--max-candidates must be at least 2 (one candidate leaves nothing to choose)")
+    for name in ("hidden", "layers", "steps", "batch_size", "eval_every", "turns_per_sample"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_seconds is not None and args.max_seconds <= 0:
@@ -250,10 +336,21 @@ def main(argv=None):
     if args.regions == "text" and args.layout != "paper":
         ap.error("--regions text has no region tokens to index; use --layout paper")
     try:
-        train = rec_samples(args.data, "train", args.regions, args.layout, args.listing)
+        train = rec_samples(args.data, "train", args.regions, args.layout, args.listing,
+                            turns_per_sample=args.turns_per_sample)
         for extra in args.extra_train:
-            train += rec_samples(extra, "train", args.regions, args.layout, args.listing)
+            train += rec_samples(extra, "train", args.regions, args.layout, args.listing,
+                                 turns_per_sample=args.turns_per_sample)
         val = rec_samples(args.data, "val", args.regions, args.layout)
+        easy, easy_val = None, None
+        if args.max_candidates is not None:
+            easy = rec_samples(args.data, "train", args.regions, args.layout, args.listing, args.max_candidates,
+                               args.seed, args.turns_per_sample)
+            for extra in args.extra_train:
+                easy += rec_samples(extra, "train", args.regions, args.layout, args.listing, args.max_candidates,
+                                    args.seed, args.turns_per_sample)
+            easy_val = rec_samples(args.data, "val", args.regions, args.layout, max_candidates=args.max_candidates,
+                                   seed=args.seed)
     except StudyError as e:
         ap.error(str(e))
 
@@ -271,6 +368,8 @@ def main(argv=None):
             tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
             model = LlamaForCausalLM.from_pretrained(tmp)
     train, val = encode(train, tokenizer), encode(val, tokenizer)
+    if easy is not None:
+        easy, easy_val = encode(easy, tokenizer), encode(easy_val, tokenizer)
     feat_dim = sum(len(v) for v in ATTRIBUTES.values())
     projector = torch.nn.Sequential(torch.nn.Linear(feat_dim, args.hidden), torch.nn.GELU(),
                                     torch.nn.Linear(args.hidden, args.hidden))   # LLaVA's mlp2x_gelu shape
@@ -286,18 +385,23 @@ def main(argv=None):
     warmup = max(1, args.steps // 33)   # 3 %, then cosine: the benchmark's schedule
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
-    print(f"{len(train)} train / {len(val)} held-out REC turns; regions {args.regions}, layout {args.layout}, "
-          f"LLM {args.layers} layers x {args.hidden}", flush=True)
+    train_turns, val_turns = (sum(len(answer_spans(labels)) for _, labels, _ in x) for x in (train, val))
+    print(f"{train_turns} train turns in {len(train)} samples / {val_turns} held-out REC turns; regions "
+          f"{args.regions}, layout {args.layout}, LLM {args.layers} layers x {args.hidden}", flush=True)
     curve, t0 = [], time.time()
     for step in range(1, args.steps + 1):
-        loss = train_step(model, projector, rng.sample(train, min(args.batch_size, len(train))), params, opt)
+        pool = easy if easy is not None and (args.easy_steps is None or step <= args.easy_steps) else train
+        loss = train_step(model, projector, rng.sample(pool, min(args.batch_size, len(pool))), params, opt)
         sched.step()
         if step % args.eval_every == 0 or step == args.steps:
             curve.append({"step": step, "loss": round(loss.item(), 4), "rec_acc": round(accuracy(model, projector, val), 2),
                           "seconds": round(time.time() - t0, 1)})
+            if easy_val is not None:
+                curve[-1]["rec_acc_shortened"] = round(accuracy(model, projector, easy_val), 2)
             print(json.dumps(curve[-1]), flush=True)
             result = {"args": {k: as_json(v) for k, v in vars(args).items()},
-                      "requested_steps": requested, "train_turns": len(train), "val_turns": len(val), "curve": curve,
+                      "requested_steps": requested, "train_turns": train_turns,
+                      "train_samples": len(train), "val_turns": val_turns, "curve": curve,
                       "torch_threads": torch.get_num_threads(), "device": str(args.device)}
             if args.json:   # at every evaluation, so a run cut short still leaves its curve
                 args.json.write_text(json.dumps(result, indent=1))

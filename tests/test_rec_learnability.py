@@ -276,7 +276,8 @@ def test_curriculum_reports_both_held_out_sets_and_refuses_bad_flags(data, real_
                       "--batch-size", "4", "--hidden", "32", "--max-candidates", "2", "--easy-steps", "2"])
     assert [sorted(c) for c in res["curve"]] == [["loss", "rec_acc", "rec_acc_shortened", "seconds", "step"]]
     for flags, message in ((["--easy-steps", "5"], "--easy-steps needs --max-candidates"),
-                           (["--max-candidates", "1"], "--max-candidates must be at least 2")):
+                           (["--max-candidates", "1"], "--max-candidates must be at least 2"),
+                           (["--turns-per-sample", "0"], "--turns-per-sample must be at least 1")):
         with pytest.raises(SystemExit) as e:
             study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir] + flags)
         assert e.value.code == 2 and message in capsys.readouterr().err

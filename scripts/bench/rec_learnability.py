@@ -25,7 +25,7 @@ projector shape, but the region *features* are not the tower's:
   --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
                      masking supervises every answer), as a training conversation carries them
 
-Samples are tokenised and masked by LLaVA's own ``preprocess_v1`` (Vicuna-v1 template, region-aware tokenizer).
+Samples are tokenised and masked by LLaVA's own ``preprocess`` (Vicuna-v1 template, region-aware tokenizer).
 Accuracy is the exact match of the whole answer, teacher-forced on the held-out REC turns (the same as greedy decoding
 would give when it is right). Measured curves and their commands: docs/SHAPES.md, "Why REC stays at chance".
 """
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rgpt_llava.constants import REGION_TOKEN_INDEX  # noqa: E402
+from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX  # noqa: E402
 from rgpt_llava.data import shapes  # noqa: E402
 from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
                                           region_list)  # noqa: E402
@@ -177,11 +177,12 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
 
 
 def encode(samples: list, tokenizer) -> list:
-    """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess_v1`` in the Vicuna-v1
-    template (``--version v1``, as the benchmark trains), with region placeholders as in training: labels are the
-    ids on every answer (and its ``</s>``), -100 elsewhere."""
+    """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess`` (as
+    ``RegionSupervisedDataset`` calls it) in the Vicuna-v1 template (``--version v1``, as the benchmark trains), with
+    region placeholders as in training: labels are the
+    ids on every answer (and its ``</s>``), ``IGNORE_INDEX`` elsewhere."""
     from llava import conversation as conversation_lib
-    from llava.train.train import preprocess_v1
+    from llava.train import train as llava_train
     from rgpt_llava.train.dataset import region_aware_llava_preprocess
     if tokenizer.pad_token is None:   # what llava.train.train.train() sets for every template but v0
         tokenizer.pad_token = tokenizer.unk_token
@@ -192,9 +193,9 @@ def encode(samples: list, tokenizer) -> list:
         with region_aware_llava_preprocess():
             for pairs, feats in samples:
                 source = [m for q, a in pairs for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
-                out = preprocess_v1([source], tokenizer, has_image=True)
+                out = llava_train.preprocess([source], tokenizer, has_image=True)
                 ids, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
-                if all(t == -100 for t in labels):
+                if all(t == IGNORE_INDEX for t in labels):
                     raise StudyError(f"LLaVA's preprocess masked every token of {source!r} (tokenization mismatch)")
                 enc.append((ids, labels, feats))
     finally:
@@ -205,10 +206,10 @@ def encode(samples: list, tokenizer) -> list:
 def answer_spans(labels) -> list:
     """(start, end) of each run of supervised positions: one per answer."""
     spans, start = [], None
-    for i, t in enumerate(list(labels) + [-100]):
-        if t != -100 and start is None:
+    for i, t in enumerate(list(labels) + [IGNORE_INDEX]):
+        if t != IGNORE_INDEX and start is None:
             start = i
-        elif t == -100 and start is not None:
+        elif t == IGNORE_INDEX and start is not None:
             spans.append((start, i))
             start = None
     return spans
@@ -225,7 +226,7 @@ def forward(model, projector, batch: list):
     length = max(len(i) for i, _, _ in batch)
     ids = torch.zeros(len(batch), length, dtype=torch.long)
     mask = torch.zeros(len(batch), length, dtype=torch.long)
-    labels = torch.full((len(batch), length), -100, dtype=torch.long)
+    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
     feats, first = [], []            # all samples' feature rows stacked; the row where each sample's rows start
     for b, (sample_ids, sample_labels, rows) in enumerate(batch):
         n = len(sample_ids)
@@ -243,7 +244,7 @@ def forward(model, projector, batch: list):
         projected = projector(torch.tensor(feats, device=dev))
         inputs = inputs.masked_scatter(is_region.unsqueeze(-1), projected[row_of[is_region]])
     h = model.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-    sel = labels != -100
+    sel = labels != IGNORE_INDEX
     logits = model.lm_head(h[sel])
     return F.cross_entropy(logits, labels[sel]), logits.argmax(-1), labels[sel]
 
@@ -336,19 +337,16 @@ def main(argv=None):
     if args.regions == "text" and args.layout != "paper":
         ap.error("--regions text has no region tokens to index; use --layout paper")
     try:
-        train = rec_samples(args.data, "train", args.regions, args.layout, args.listing,
-                            turns_per_sample=args.turns_per_sample)
-        for extra in args.extra_train:
-            train += rec_samples(extra, "train", args.regions, args.layout, args.listing,
-                                 turns_per_sample=args.turns_per_sample)
+        def training_samples(max_candidates=None):   # --data's and every --extra-train folder's training turns
+            return [x for folder in [args.data] + args.extra_train
+                    for x in rec_samples(folder, "train", args.regions, args.layout, args.listing, max_candidates,
+                                         args.seed, args.turns_per_sample)]
+
+        train = training_samples()
         val = rec_samples(args.data, "val", args.regions, args.layout)
         easy, easy_val = None, None
         if args.max_candidates is not None:
-            easy = rec_samples(args.data, "train", args.regions, args.layout, args.listing, args.max_candidates,
-                               args.seed, args.turns_per_sample)
-            for extra in args.extra_train:
-                easy += rec_samples(extra, "train", args.regions, args.layout, args.listing, args.max_candidates,
-                                    args.seed, args.turns_per_sample)
+            easy = training_samples(args.max_candidates)
             easy_val = rec_samples(args.data, "val", args.regions, args.layout, max_candidates=args.max_candidates,
                                    seed=args.seed)
     except StudyError as e:

@@ -102,14 +102,15 @@ def build_tiny_llava(out_dir, tokenizer_dir, vision_dir, seed: int = 0, **config
     return str(out_dir)
 
 
-def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                   num_heads: int = 4):
     """A random Vicuna-style ``LlamaForCausalLM`` (the base LLM that LLaVA's training starts from)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4,
+                      num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=0, torch_dtype="float32")
     LlamaForCausalLM(cfg).save_pretrained(out_dir, safe_serialization=True)

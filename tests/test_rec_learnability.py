@@ -123,6 +123,24 @@ def test_bad_input_is_named(tmp_path, data, real_tokenizer_dir, capsys):
     assert "--max-seconds must be positive" in capsys.readouterr().err
 
 
+def test_heads_and_beta2_reach_the_model_and_the_optimizer(data, real_tokenizer_dir, tmp_path, monkeypatch, capsys):
+    import torch
+    from transformers import LlamaConfig
+    betas = []
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: betas.append(k.get("betas")) or real_adamw(*a, **k))
+    res = study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "1", "--batch-size", "2",
+                      "--hidden", "32", "--heads", "8", "--beta2", "0.95", "--save", str(tmp_path / "llm")])
+    assert LlamaConfig.from_pretrained(tmp_path / "llm").num_attention_heads == 8 == res["args"]["heads"]
+    assert betas == [(0.9, 0.95)]
+    for flags, message in ((["--hidden", "32", "--heads", "3"], "--heads 3 does not divide the width 32"),
+                           (["--heads", "0"], "--heads must be at least 1"),
+                           (["--beta2", "1"], "--beta2 must lie in (0, 1)")):
+        with pytest.raises(SystemExit):
+            study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir] + flags)
+        assert message in capsys.readouterr().err
+
+
 def test_bad_device_is_named(data, real_tokenizer_dir, capsys):
     with pytest.raises(SystemExit):
         study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--device", "gpu0"])
@@ -206,7 +224,10 @@ def test_save_then_init_llm_continues_from_the_saved_weights(data, real_tokenize
     assert not all(torch.allclose(v, fresh[k], atol=1e-6) for k, v in model.state_dict().items())
     with pytest.raises(SystemExit):
         study.main(common + ["--init-llm", str(saved), "--hidden", "32"])
-    assert "drop --hidden/--layers" in capsys.readouterr().err
+    assert "drop --hidden/--layers/--heads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(common + ["--init-llm", str(saved), "--heads", "2"])
+    assert "drop --hidden/--layers/--heads" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study.main(common + ["--init-llm", str(tmp_path / "nowhere")])
     assert "no config.json there" in capsys.readouterr().err

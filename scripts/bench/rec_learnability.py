@@ -24,6 +24,8 @@ projector shape, but the region *features* are not the tower's:
                      S steps, or throughout); held-out accuracy on full and on cut lists
   --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
                      masking supervises every answer), as a training conversation carries them
+  --lr, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape (what sets
+                     the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
 
 Samples are tokenised and masked by LLaVA's own ``preprocess`` (Vicuna-v1 template, region-aware tokenizer).
 Accuracy is the exact match of the whole answer, teacher-forced on the held-out REC turns (the same as greedy decoding
@@ -290,9 +292,11 @@ def main(argv=None):
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     ap.add_argument("--hidden", type=int, help=f"default {LLM['hidden_size']} (the benchmark's)")
     ap.add_argument("--layers", type=int, help=f"default {LLM['num_layers']} (the benchmark's)")
+    ap.add_argument("--heads", type=int, help="attention heads of the random Llama (default 4, the benchmark's)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay (default torch's 0.999)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (fp32 either way)")
@@ -313,17 +317,22 @@ def main(argv=None):
         ap.error("--easy-steps needs --max-candidates")
     if args.max_candidates is not None and args.max_candidates < 2:
         ap.error("--max-candidates must be at least 2 (one candidate leaves nothing to choose)")
-    for name in ("hidden", "layers", "steps", "batch_size", "eval_every", "turns_per_sample"):
+    for name in ("hidden", "layers", "heads", "steps", "batch_size", "eval_every", "turns_per_sample"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_seconds is not None and args.max_seconds <= 0:
         ap.error("--max-seconds must be positive")
     if args.init_llm is not None and not (args.init_llm / "config.json").is_file():
         ap.error(f"--init-llm {args.init_llm}: no config.json there (a folder written by --save is expected)")
-    if args.init_llm is not None and (args.hidden is not None or args.layers is not None):
-        ap.error("--init-llm takes the width and depth from the saved model; drop --hidden/--layers")
+    if args.init_llm is not None and (args.hidden is not None or args.layers is not None or args.heads is not None):
+        ap.error("--init-llm takes the width, depth and heads from the saved model; drop --hidden/--layers/--heads")
     args.hidden = args.hidden or LLM["hidden_size"]
     args.layers = args.layers or LLM["num_layers"]
+    args.heads = args.heads or 4
+    if args.hidden % args.heads:
+        ap.error(f"--heads {args.heads} does not divide the width {args.hidden}")
+    if not 0 < args.beta2 < 1:
+        ap.error("--beta2 must lie in (0, 1)")
     if not (args.tokenizer / "tokenizer.model").is_file():
         ap.error(f"no LLaMA tokenizer at {args.tokenizer} (tokenizer.model missing)")
     try:
@@ -362,7 +371,8 @@ def main(argv=None):
         args.hidden, args.layers = model.config.hidden_size, model.config.num_hidden_layers
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed)
+            build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed,
+                           num_heads=args.heads)
             tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
             model = LlamaForCausalLM.from_pretrained(tmp)
     train, val = encode(train, tokenizer), encode(val, tokenizer)
@@ -376,7 +386,7 @@ def main(argv=None):
     if args.freeze_llm:
         model.requires_grad_(False)
     params = [p for p in list(model.parameters()) + list(projector.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.0)
     requested = args.steps
     if args.max_seconds is not None:
         args.steps = min(args.steps, fitting_steps(model, projector, train, val, params, args))

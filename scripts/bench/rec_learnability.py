@@ -51,7 +51,6 @@ from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX  # noqa: E402
 from rgpt_llava.data import shapes  # noqa: E402
 from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
                                           region_list)  # noqa: E402
-from rgpt_llava.mm_utils import tokenizer_region_token  # noqa: E402
 from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
 
 ATTRIBUTES = {"shape": shapes.SHAPES, "colour": tuple(shapes.COLOURS), "size": shapes.SIZES,
@@ -181,8 +180,8 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
 def encode(samples: list, tokenizer) -> list:
     """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess`` (as
     ``RegionSupervisedDataset`` calls it) in the Vicuna-v1 template (``--version v1``, as the benchmark trains), with
-    region placeholders as in training: labels are the
-    ids on every answer (and its ``</s>``), ``IGNORE_INDEX`` elsewhere."""
+    region placeholders as in training: labels are the ids on every answer (and its ``</s>``), ``IGNORE_INDEX``
+    elsewhere."""
     from llava import conversation as conversation_lib
     from llava.train import train as llava_train
     from rgpt_llava.train.dataset import region_aware_llava_preprocess
@@ -292,7 +291,8 @@ def main(argv=None):
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     ap.add_argument("--hidden", type=int, help=f"default {LLM['hidden_size']} (the benchmark's)")
     ap.add_argument("--layers", type=int, help=f"default {LLM['num_layers']} (the benchmark's)")
-    ap.add_argument("--heads", type=int, help="attention heads of the random Llama (default 4, the benchmark's)")
+    ap.add_argument("--heads", type=int, help=f"attention heads of the random Llama (default {LLM['num_heads']}, "
+                                                 "the benchmark's)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -328,7 +328,7 @@ def main(argv=None):
         ap.error("--init-llm takes the width, depth and heads from the saved model; drop --hidden/--layers/--heads")
     args.hidden = args.hidden or LLM["hidden_size"]
     args.layers = args.layers or LLM["num_layers"]
-    args.heads = args.heads or 4
+    args.heads = args.heads or LLM["num_heads"]
     if args.hidden % args.heads:
         ap.error(f"--heads {args.heads} does not divide the width {args.hidden}")
     if not 0 < args.beta2 < 1:

@@ -51,7 +51,7 @@ MODELS = {
                        label="plain LLaVA, regions as text boxes [x1, y1, x2, y2]"),
 }
 TOWER = dict(image_size=224, patch_size=14, hidden_size=128, num_layers=3, num_heads=2)
-LLM = dict(hidden_size=128, num_layers=2, num_heads=4)
+LLM = dict(hidden_size=128, num_layers=2, num_heads=4, init_std=0.02)
 
 
 class BenchmarkError(RuntimeError):

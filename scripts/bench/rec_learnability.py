@@ -26,6 +26,8 @@ projector shape, but the region *features* are not the tower's:
                      masking supervises every answer), as a training conversation carries them
   --lr, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape (what sets
                      the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
+  --init-std S       the random Llama's initializer_range (transformers' 0.02 by default; docs/SHAPES.md, "The
+                     Llama's initial scale")
 
 Samples are tokenised and masked by LLaVA's own ``preprocess`` (Vicuna-v1 template, region-aware tokenizer).
 Accuracy is the exact match of the whole answer, teacher-forced on the held-out REC turns (the same as greedy decoding
@@ -293,6 +295,8 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, help=f"default {LLM['num_layers']} (the benchmark's)")
     ap.add_argument("--heads", type=int, help=f"attention heads of the random Llama (default {LLM['num_heads']}, "
                                                  "the benchmark's)")
+    ap.add_argument("--init-std", type=float, help=f"std of the random Llama's weights, its initializer_range "
+                    f"(default {LLM['init_std']}, the benchmark's)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -326,6 +330,11 @@ def main(argv=None):
         ap.error(f"--init-llm {args.init_llm}: no config.json there (a folder written by --save is expected)")
     if args.init_llm is not None and (args.hidden is not None or args.layers is not None or args.heads is not None):
         ap.error("--init-llm takes the width, depth and heads from the saved model; drop --hidden/--layers/--heads")
+    if args.init_std is not None and args.init_std <= 0:
+        ap.error("--init-std must be positive")
+    if args.init_llm is not None and args.init_std is not None:
+        ap.error("--init-llm takes its weights from the saved model; drop --init-std")
+    args.init_std = args.init_std or LLM["init_std"]
     args.hidden = args.hidden or LLM["hidden_size"]
     args.layers = args.layers or LLM["num_layers"]
     args.heads = args.heads or LLM["num_heads"]
@@ -373,7 +382,7 @@ def main(argv=None):
     else:
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed,
-                           num_heads=args.heads)
+                           num_heads=args.heads, init_std=args.init_std)
             tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
             model = LlamaForCausalLM.from_pretrained(tmp)
     train, val = encode(train, tokenizer), encode(val, tokenizer)

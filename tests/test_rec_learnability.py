@@ -219,13 +219,13 @@ def test_save_then_init_llm_continues_from_the_saved_weights(data, real_tokenize
     saved = tmp_path / "llm"
     common = ["--data", str(data), "--tokenizer", real_tokenizer_dir, "--batch-size", "2", "--eval-every", "1"]
     first = study.main(common + ["--steps", "2", "--hidden", "16", "--layers", "1", "--heads", "2",
-                                 "--regions", "text", "--save", str(saved)])
+                                 "--init-std", "0.05", "--regions", "text", "--save", str(saved)])
     model = LlamaForCausalLM.from_pretrained(saved)
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (16, 1)
     # --lr tiny: the continued run starts from (and so stays at) the saved weights, not at a fresh model's
     second = study.main(common + ["--steps", "1", "--lr", "1e-12", "--regions", "text", "--init-llm", str(saved),
                                   "--save", str(tmp_path / "again")])
-    assert (second["args"]["hidden"], second["args"]["layers"], second["args"]["heads"]) == (16, 1, 2)
+    assert tuple(second["args"][k] for k in ("hidden", "layers", "heads", "init_std")) == (16, 1, 2, 0.05)
     again = LlamaForCausalLM.from_pretrained(tmp_path / "again").state_dict()
     fresh = study.main(common + ["--steps", "1", "--lr", "1e-12", "--regions", "text", "--hidden", "16",
                                 "--layers", "1", "--save", str(tmp_path / "fresh")])

@@ -377,8 +377,9 @@ def main(argv=None):
     if args.init_llm is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.init_llm, use_fast=False)
         model = LlamaForCausalLM.from_pretrained(args.init_llm)
-        args.hidden, args.layers, args.heads = (model.config.hidden_size, model.config.num_hidden_layers,
-                                                model.config.num_attention_heads)
+        args.hidden, args.layers, args.heads, args.init_std = (
+            model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads,
+            model.config.initializer_range)   # the saved model's own, as the curve records them
     else:
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed,

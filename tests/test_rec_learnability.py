@@ -145,7 +145,7 @@ def test_heads_beta2_and_init_std_reach_the_model_and_the_optimizer(data, real_t
                            (["--beta2", "1"], "--beta2 must lie in (0, 1)"),
                            (["--init-std", "0"], "--init-std must be positive"),
                            (["--init-std", "0.1", "--init-llm", str(tmp_path / "llm")],
-                            "--init-llm takes its weights from the saved model; drop --init-std")):
+                            "drop --hidden/--layers/--heads/--init-std")):
         with pytest.raises(SystemExit):
             study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir] + flags)
         assert message in capsys.readouterr().err

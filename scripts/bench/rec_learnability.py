@@ -328,12 +328,12 @@ def main(argv=None):
         ap.error("--max-seconds must be positive")
     if args.init_llm is not None and not (args.init_llm / "config.json").is_file():
         ap.error(f"--init-llm {args.init_llm}: no config.json there (a folder written by --save is expected)")
-    if args.init_llm is not None and (args.hidden is not None or args.layers is not None or args.heads is not None):
-        ap.error("--init-llm takes the width, depth and heads from the saved model; drop --hidden/--layers/--heads")
+    shape_flags = ("hidden", "layers", "heads", "init_std")   # what a saved model (--init-llm) brings itself
+    if args.init_llm is not None and any(getattr(args, name) is not None for name in shape_flags):
+        ap.error("--init-llm takes the width, depth, heads and weights from the saved model; "
+                 "drop --hidden/--layers/--heads/--init-std")
     if args.init_std is not None and args.init_std <= 0:
         ap.error("--init-std must be positive")
-    if args.init_llm is not None and args.init_std is not None:
-        ap.error("--init-llm takes its weights from the saved model; drop --init-std")
     args.init_std = args.init_std or LLM["init_std"]
     args.hidden = args.hidden or LLM["hidden_size"]
     args.layers = args.layers or LLM["num_layers"]

@@ -91,9 +91,9 @@ def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: 
         "--region_box_prob", str(args.region_box_prob), "--per_device_train_batch_size", str(args.batch_size),
         "--max_steps", str(steps), "--learning_rate", str(lr), "--weight_decay", "0.", "--warmup_ratio", "0.03",
         "--lr_scheduler_type", "cosine", "--logging_steps", "10", "--model_max_length", "1024",
-        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--lazy_preprocess",
-        "True", "--use_cpu", "True", "--seed", str(args.seed), "--output_dir", str(out),
-    ]
+        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", str(args.workers),
+        "--lazy_preprocess", "True", "--seed", str(args.seed), "--output_dir", str(out),
+    ] + (["--use_cpu", "True"] if args.device == "cpu" else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -120,14 +120,15 @@ def prepare(args, out: Path) -> Dict[str, Path]:
             raise BenchmarkError("converting the training conversations to text boxes failed")
 
     base = out / "base"
-    llm = dict(LLM, num_layers=args.llm_layers)
+    llm = dict(LLM, num_layers=args.llm_layers, init_std=args.llm_init_std)
     if args.llm != "random":
         llm_dir = base / f"llm_{args.llm_name}"
         if not (llm_dir / "config.json").is_file():
             log(f"base LLM: {args.llm}")
             shutil.copytree(args.llm, llm_dir, dirs_exist_ok=True)
     else:
-        llm_dir = base / ("llm" if args.llm_layers == LLM["num_layers"] else f"llm_{args.llm_layers}layers")
+        llm_dir = base / ("llm" + (f"_{args.llm_layers}layers" if args.llm_layers != LLM["num_layers"] else "")
+                          + (f"_std{args.llm_init_std:g}" if args.llm_init_std != LLM["init_std"] else ""))
     if not (llm_dir / "config.json").is_file():
         from rgpt_llava.tiny import build_tiny_llm, train_tiny_tokenizer
         tok = Path(args.tokenizer) if args.tokenizer else None
@@ -180,6 +181,8 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
                 "tower_seconds": args.tower_seconds, "llm": args.llm_name,
                 **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
                                                  "stage2_steps", "batch_size", "stage1_lr", "stage2_lr", "region_box_prob")}}
+    if args.llm_init_std not in (None, LLM["init_std"]):  # only when set, so models trained before the flag still match
+        settings["llm_init_std"] = args.llm_init_std
     if (final / "config.json").is_file() and not args.retrain:
         saved = json.loads((mdir / "settings.json").read_text()) if (mdir / "settings.json").is_file() else None
         if saved != settings:
@@ -207,21 +210,27 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
 
 
 def evaluate_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
-    from rgpt_llava.eval import caption, coco_cls, model_caption, model_coco_cls, model_rec, rec
+    start = time.monotonic()
+    answer_questions(name, args, out, paths)
+    res = score_answers(name, out, paths)
+    res["eval_s"] = round(time.monotonic() - start, 1)
+    return res
+
+
+def answer_questions(name: str, args, out: Path, paths: Dict[str, Path]) -> None:
+    """The trained model answers the held-out questions (classification, REC, captions) into ``NAME/eval/*.jsonl``."""
+    from rgpt_llava.eval import model_caption, model_coco_cls, model_rec
 
     cfg = MODELS[name]
-    model = out / name / "stage2"
     ev = out / name / "eval"
     ev.mkdir(parents=True, exist_ok=True)
     data = paths["data"]
-    common = ["--model-path", str(model), "--image-folder", str(data), "--device", "cpu"]
+    common = ["--model-path", str(out / name / "stage2"), "--image-folder", str(data), "--device", args.device]
     if cfg["regions"] == "text":
         common.append("--regions-as-text")
-    start = time.monotonic()
-    inst = data / "annotations" / "instances_val.json"
     steps = [
-        (model_coco_cls, ["--annotation-file", str(inst), "--vocab-name", "RegionShapes",
-                          "--answers-file", str(ev / "cls.jsonl")]),
+        (model_coco_cls, ["--annotation-file", str(data / "annotations" / "instances_val.json"),
+                          "--vocab-name", "RegionShapes", "--answers-file", str(ev / "cls.jsonl")]),
         (model_rec, ["--question-file", str(data / "eval" / "val_rec.jsonl"), "--answers-file", str(ev / "rec.jsonl")]),
         (model_caption, ["--question-file", str(data / "eval" / "val_caption_questions.jsonl"),
                          "--answers-file", str(ev / "cap.jsonl")]),
@@ -231,6 +240,15 @@ def evaluate_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[s
         rc = module.main(argv + common)
         if rc:
             raise BenchmarkError(f"{name}: {module.__name__} failed (exit {rc})")
+
+
+def score_answers(name: str, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
+    """The project's scorers on ``NAME/eval/*.jsonl``; writes ``NAME/eval/metrics.json``."""
+    from rgpt_llava.eval import caption, coco_cls, rec
+
+    ev = out / name / "eval"
+    data = paths["data"]
+    inst = data / "annotations" / "instances_val.json"
     cls = coco_cls.evaluate(str(inst), str(ev / "cls.jsonl"), embedder=None)
     rec_res = rec.evaluate(str(data / "eval" / "val_rec.jsonl"), str(ev / "rec.jsonl"))
     cap = caption.evaluate(str(data / "eval" / "val_caption_refs.json"), str(ev / "cap.jsonl"), metrics=("CIDEr",))
@@ -244,7 +262,6 @@ def evaluate_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[s
         # answer formats: learned within a few dozen steps, long before the content (the CI guard checks them)
         "cls_in_vocabulary": 100.0 * (1 - cls["num_out_of_vocabulary"] / max(1, cls["num_regions"])),
         "rec_parsed": 100.0 * rec_res["num_parsed"] / max(1, rec_res["num_questions"]),
-        "eval_s": round(time.monotonic() - start, 1),
     }
     res.update(attribute_accuracy(inst, ev / "cls.jsonl"))
     (ev / "metrics.json").write_text(json.dumps({"classification": cls, "rec": rec_res, "caption": cap,
@@ -400,6 +417,9 @@ def parse_args(argv=None):
                     help="base LLM: 'random' (a from-scratch tiny Llama, default) or a LlamaForCausalLM folder with "
                          "its tokenizer (e.g. one saved by scripts/bench/rec_learnability.py --save)")
     ap.add_argument("--llm-layers", type=int, help=f"layers of the random tiny Llama (default {LLM['num_layers']})")
+    ap.add_argument("--llm-init-std", type=float,
+                    help=f"std of the random tiny Llama's weights, its initializer_range (default {LLM['init_std']}, "
+                         f"transformers'; 1/sqrt(width) halves the REC plateau at batch 128, docs/SHAPES.md)")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -410,6 +430,10 @@ def parse_args(argv=None):
                     help="share of training regions given as their box (evaluation uses GT boxes, as the paper)")
     ap.add_argument("--merge-size", type=int, nargs=2, metavar=("H", "W"),
                     help="image-token grid of the region models (default: the tower's 16x16, as the paper)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where training and evaluation run (the presets' budgets are measured on a 2-core CPU)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="dataloader worker processes of the training runs (LLaVA's --dataloader_num_workers)")
     ap.add_argument("--retrain", action="store_true", help="train again even if a model is already there")
     ap.add_argument("--samples", type=int, default=3, help="val images in the dialogues and the PNG")
     args = ap.parse_args(argv)
@@ -434,6 +458,10 @@ def parse_args(argv=None):
         args.llm_hidden = LLM["hidden_size"]
         if args.llm_layers is None:
             args.llm_layers = LLM["num_layers"]
+        if args.llm_init_std is None:
+            args.llm_init_std = LLM["init_std"]
+        if args.llm_init_std <= 0:
+            ap.error(f"--llm-init-std must be positive, got {args.llm_init_std}")
     else:
         path = Path(args.llm)
         missing = [f for f in ("config.json", "tokenizer.model") if not (path / f).is_file()]
@@ -443,14 +471,23 @@ def parse_args(argv=None):
         config = json.loads((path / "config.json").read_text())
         if config.get("model_type") != "llama":
             ap.error(f"--llm {args.llm}: model_type is {config.get('model_type')!r}, not 'llama'")
-        if args.llm_layers is not None:
-            ap.error("--llm-layers builds a random LLM; with --llm DIR the depth is the folder's")
+        for flag in ("llm_layers", "llm_init_std"):
+            if getattr(args, flag) is not None:
+                ap.error(f"--{flag.replace('_', '-')} shapes a random LLM; with --llm DIR the folder's weights are "
+                         f"the start")
         args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
+        args.llm_init_std = None
         args.llm_name = "custom_" + weights_id(path)
     if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
         ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")
     if args.tower_seconds < 0:
         ap.error(f"--tower-seconds must be >= 0, got {args.tower_seconds}")
+    if args.workers < 0:
+        ap.error(f"--workers must be >= 0, got {args.workers}")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     for key in ("n_train", "n_val", "rec_turns", "llm_layers", "stage1_steps", "stage2_steps", "batch_size"):
         if getattr(args, key) < 1:
             ap.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
@@ -484,8 +521,9 @@ def main(argv=None) -> int:
             "tower": args.tower, "tower_id": weights_id(paths["tower"]),
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
-            "tower_architecture": TOWER, "llm": dict(hidden_size=args.llm_hidden, num_layers=args.llm_layers),
-            "llm_source": args.llm, "llm_id": args.llm_name,
+            "tower_architecture": TOWER,
+            "llm": dict(hidden_size=args.llm_hidden, num_layers=args.llm_layers, init_std=args.llm_init_std),
+            "llm_source": args.llm, "llm_id": args.llm_name, "device": args.device, "workers": args.workers,
             "total_s": round(time.monotonic() - start, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(table + "\n")

@@ -1,6 +1,7 @@
 """The RegionShapes benchmark driver: arguments, attribute scoring, results table (the end-to-end run that must
 learn is tests/test_scripts.py::test_demo_learns_regionshapes)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,14 +118,18 @@ def test_llm_choice_is_named_and_checked(tmp_path, capsys):
     args = SB.parse_args(["--out", "x"])
     assert (args.llm_name, args.llm_layers, args.llm_hidden) == ("random", SB.LLM["num_layers"], SB.LLM["hidden_size"])
     assert SB.parse_args(["--out", "x", "--llm-layers", "4"]).llm_layers == 4
+    assert args.llm_init_std == SB.LLM["init_std"] == 0.02
+    assert SB.parse_args(["--out", "x", "--llm-init-std", "0.088"]).llm_init_std == 0.088
     llm = fake_llm(tmp_path / "llm")
     args = SB.parse_args(["--out", "x", "--llm", str(llm)])
     assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.weights_id(llm)
     for argv, message in [
         (["--llm", str(tmp_path / "nowhere")], "not a Llama folder with its tokenizer (config.json, tokenizer.model"),
         (["--llm", str(fake_llm(tmp_path / "clip", model_type="clip_vision_model"))], "model_type is 'clip_vision_model'"),
-        (["--llm", str(llm), "--llm-layers", "4"], "with --llm DIR the depth is the folder's"),
+        (["--llm", str(llm), "--llm-layers", "4"], "--llm-layers shapes a random LLM; with --llm DIR the folder's"),
+        (["--llm", str(llm), "--llm-init-std", "0.05"], "--llm-init-std shapes a random LLM; with --llm DIR"),
         (["--llm-layers", "0"], "--llm-layers must be at least 1"),
+        (["--llm-init-std", "0"], "--llm-init-std must be positive, got 0.0"),
     ]:
         with pytest.raises(SystemExit):
             SB.parse_args(["--out", "x"] + argv)
@@ -156,3 +161,48 @@ def test_a_custom_llm_is_the_base_and_part_of_the_reuse_key(tmp_path):
     assert SB.train_model("rgpt", random_args, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}   # same: reused
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", args, out, paths)
+
+
+def test_device_and_workers_reach_the_training_runs(monkeypatch, capsys):
+    args = SB.parse_args(["--out", "x", "--workers", "6"])
+    flags = SB.train_flags(SB.MODELS["rgpt"], args, Path("o"), Path("b"), Path("t"), Path("d.json"), Path("d"), 5, 1e-3)
+    assert flags[flags.index("--dataloader_num_workers") + 1] == "6"
+    assert flags[flags.index("--use_cpu") + 1] == "True"          # the default: CPU, as the presets are measured
+    args.device = "cuda"
+    flags = SB.train_flags(SB.MODELS["rgpt"], args, Path("o"), Path("b"), Path("t"), Path("d.json"), Path("d"), 5, 1e-3)
+    assert "--use_cpu" not in flags                                # the HF Trainer then takes the GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for argv, message in [(["--device", "cuda"], "--device cuda: torch sees no CUDA device here"),
+                          (["--workers", "-1"], "--workers must be >= 0, got -1")]:
+        with pytest.raises(SystemExit):
+            SB.parse_args(["--out", "x"] + argv)
+        assert message in capsys.readouterr().err
+
+
+def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
+    if not (Path(SB.DEFAULT_TOKENIZER) / "tokenizer.model").is_file():
+        pytest.skip(f"the shared LLaMA tokenizer is absent at {SB.DEFAULT_TOKENIZER}")
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
+    (out / "data" / "train_text.json").write_text("[]")
+    common = ["--out", str(out), "--n-train", "10", "--n-val", "2", "--tower", "random"]
+    default, scaled = SB.parse_args(common), SB.parse_args(common + ["--llm-init-std", "0.088"])
+    paths = SB.prepare(scaled, out)
+    assert paths["base"] == out / "base" / "llm_std0.088"
+    assert json.loads((paths["base"] / "config.json").read_text())["initializer_range"] == 0.088
+    assert SB.prepare(default, out)["base"] == out / "base" / "llm"
+    # a model trained from the default-scale LLM (settings written before the flag existed) is reused by default only
+    final = out / "rgpt" / "stage2"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
+    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
+                "tower_seconds": 0.0, "llm": "random",
+                **{k: getattr(default, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
+                                                    "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
+                                                    "region_box_prob")}}
+    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    assert SB.train_model("rgpt", default, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}
+    with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
+        SB.train_model("rgpt", scaled, out, paths)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command: a tiny RegionGPT learns region understanding on a CPU, from scratch, offline.
-#   bash scripts/demo.sh            generate RegionShapes, build + train a tiny RGPT (stage 1, stage 2: ~10 min on
+#   bash scripts/demo.sh            generate RegionShapes, build + train a tiny RGPT (stage 1, stage 2: ~6–8 min on
 #                                   2 cores), evaluate on held-out images, print results and sample dialogues, save
 #                                   a PNG of regions and answers, then ask the trained model through the CLI
 #   bash scripts/demo.sh --all      the comparison table: + refinement none + plain LLaVA with text boxes (~3x longer)
-#   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~27 min of training on 2 cores;
+#   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~19–27 min of training on 2 cores;
 #                                   reaches the classification target, README "Measured results"); combines with --all
 # Any other flag goes to `python -m rgpt_llava.shapes_benchmark` (e.g. --stage2-steps 400).
 # Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>), RGPT_DEMO_PRESET (demo | full | ci).

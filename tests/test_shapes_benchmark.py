@@ -118,8 +118,8 @@ def test_llm_choice_is_named_and_checked(tmp_path, capsys):
     args = SB.parse_args(["--out", "x"])
     assert (args.llm_name, args.llm_layers, args.llm_hidden) == ("random", SB.LLM["num_layers"], SB.LLM["hidden_size"])
     assert SB.parse_args(["--out", "x", "--llm-layers", "4"]).llm_layers == 4
-    assert args.llm_init_std == SB.LLM["init_std"] == 0.02
-    assert SB.parse_args(["--out", "x", "--llm-init-std", "0.088"]).llm_init_std == 0.088
+    assert args.llm_init_std == SB.LLM["init_std"] == 0.088      # 1/sqrt(128), the fan-in scale
+    assert SB.parse_args(["--out", "x", "--llm-init-std", "0.02"]).llm_init_std == 0.02
     llm = fake_llm(tmp_path / "llm")
     args = SB.parse_args(["--out", "x", "--llm", str(llm)])
     assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.weights_id(llm)
@@ -154,9 +154,9 @@ def test_a_custom_llm_is_the_base_and_part_of_the_reuse_key(tmp_path):
     random_args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2"])
     settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
                 "tower_seconds": 0.0, "llm": "random",
-                **{k: getattr(random_args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
-                                                        "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
-                                                        "region_box_prob")}}
+                **{k: getattr(random_args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
+                                                        "stage1_steps", "stage2_steps", "batch_size", "stage1_lr",
+                                                        "stage2_lr", "region_box_prob")}}
     (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
     assert SB.train_model("rgpt", random_args, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}   # same: reused
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
@@ -186,23 +186,32 @@ def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
     (out / "data").mkdir(parents=True)
     (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
     (out / "data" / "train_text.json").write_text("[]")
+    # a base LLM left by a run from before the default changed (built at 0.02, folder "llm") is not picked up
+    (out / "base" / "llm").mkdir(parents=True)
+    (out / "base" / "llm" / "config.json").write_text(json.dumps({"initializer_range": 0.02}))
     common = ["--out", str(out), "--n-train", "10", "--n-val", "2", "--tower", "random"]
-    default, scaled = SB.parse_args(common), SB.parse_args(common + ["--llm-init-std", "0.088"])
-    paths = SB.prepare(scaled, out)
+    default, transformers_scale = SB.parse_args(common), SB.parse_args(common + ["--llm-init-std", "0.02"])
+    paths = SB.prepare(default, out)
     assert paths["base"] == out / "base" / "llm_std0.088"
     assert json.loads((paths["base"] / "config.json").read_text())["initializer_range"] == 0.088
-    assert SB.prepare(default, out)["base"] == out / "base" / "llm"
-    # a model trained from the default-scale LLM (settings written before the flag existed) is reused by default only
+    other = SB.prepare(transformers_scale, out)["base"]
+    assert other == out / "base" / "llm_std0.02"
+    assert json.loads((other / "config.json").read_text())["initializer_range"] == 0.02
+    # a model trained with another scale, or before the scale was part of the settings, is not reused
     final = out / "rgpt" / "stage2"
     final.mkdir(parents=True)
     (final / "config.json").write_text("{}")
     (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
     settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
                 "tower_seconds": 0.0, "llm": "random",
-                **{k: getattr(default, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "stage1_steps",
-                                                    "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
-                                                    "region_box_prob")}}
+                **{k: getattr(default, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
+                                                    "stage1_steps", "stage2_steps", "batch_size", "stage1_lr",
+                                                    "stage2_lr", "region_box_prob")}}
     (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
     assert SB.train_model("rgpt", default, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
-        SB.train_model("rgpt", scaled, out, paths)
+        SB.train_model("rgpt", transformers_scale, out, paths)
+    del settings["llm_init_std"]
+    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
+        SB.train_model("rgpt", default, out, paths)

@@ -106,6 +106,9 @@ def test_runs_and_writes_its_curve(data, real_tokenizer_dir, tmp_path):
     assert [c["step"] for c in res["curve"]] == [2, 3]
     assert json.loads(out.read_text())["val_turns"] == len(samples) == res["val_turns"]
     assert all(0 <= c["rec_acc"] <= 100 for c in res["curve"])
+    # the studies' start stays transformers' scale, so docs/SHAPES.md's commands keep reproducing their tables
+    # (the benchmark itself draws at 1/sqrt(width))
+    assert res["args"]["init_std"] == study.STUDY_INIT_STD == 0.02 != study.LLM["init_std"]
 
 
 def test_bad_input_is_named(tmp_path, data, real_tokenizer_dir, capsys):

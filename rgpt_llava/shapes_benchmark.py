@@ -176,15 +176,21 @@ def weights_id(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_settings(name: str, args, tower: Path) -> dict:
+    """What a trained model depends on (kept in its ``settings.json``): a rerun reuses it only when these match."""
+    cfg = MODELS[name]
+    return {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": weights_id(tower),
+            "tower_seconds": args.tower_seconds, "llm": args.llm_name,
+            **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
+                                             "stage1_steps", "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
+                                             "region_box_prob")}}
+
+
 def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
     cfg = MODELS[name]
     mdir = out / name
     final = mdir / "stage2"
-    settings = {"model": cfg, "merge_size": merge_flags(cfg, args)[1:], "tower": weights_id(paths["tower"]),
-                "tower_seconds": args.tower_seconds, "llm": args.llm_name,
-                **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
-                                                 "stage1_steps", "stage2_steps", "batch_size", "stage1_lr",
-                                                 "stage2_lr", "region_box_prob")}}
+    settings = model_settings(name, args, paths["tower"])
     if (final / "config.json").is_file() and not args.retrain:
         saved = json.loads((mdir / "settings.json").read_text()) if (mdir / "settings.json").is_file() else None
         if saved != settings:
@@ -478,7 +484,6 @@ def parse_args(argv=None):
                 ap.error(f"--{flag.replace('_', '-')} shapes a random LLM; with --llm DIR the folder's weights are "
                          f"the start")
         args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
-        args.llm_init_std = None
         args.llm_name = "custom_" + weights_id(path)
     if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
         ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")

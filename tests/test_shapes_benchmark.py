@@ -60,13 +60,24 @@ def test_merge_size_applies_to_region_models_only():
     assert SB.merge_flags(SB.MODELS["rgpt"], SB.parse_args(["--out", "x"])) == []
 
 
+def fake_data(out):
+    """A data folder that prepare() takes as made with --n-train 10 --n-val 2 (nothing else is read)."""
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
+    (out / "data" / "train_text.json").write_text("[]")
+
+
+def fake_trained_model(out, settings, name="rgpt"):
+    """A finished model folder as train_model leaves it, trained with ``settings``."""
+    (out / name / "stage2").mkdir(parents=True, exist_ok=True)
+    (out / name / "stage2" / "config.json").write_text("{}")
+    (out / name / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
+    (out / name / "settings.json").write_text(json.dumps(settings))
+
+
 def test_a_model_trained_with_other_settings_is_not_reused(tmp_path):
     args = SB.parse_args(["--out", str(tmp_path), "--stage2-steps", "5"])
-    final = tmp_path / "rgpt" / "stage2"
-    final.mkdir(parents=True)
-    (final / "config.json").write_text("{}")
-    (tmp_path / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
-    (tmp_path / "rgpt" / "settings.json").write_text(json.dumps({"stage2_steps": 999}))
+    fake_trained_model(tmp_path, {"stage2_steps": 999})
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", args, tmp_path, {"tower": tmp_path})
 
@@ -140,24 +151,15 @@ def test_a_custom_llm_is_the_base_and_part_of_the_reuse_key(tmp_path):
     llm = fake_llm(tmp_path / "llm")
     out = tmp_path / "out"
     args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2", "--llm", str(llm)])
-    (out / "data").mkdir(parents=True)
-    (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
-    (out / "data" / "train_text.json").write_text("[]")
+    fake_data(out)
     paths = SB.prepare(args, out)
     assert paths["base"] == out / "base" / f"llm_{args.llm_name}"
     assert (paths["base"] / "model.safetensors").read_bytes() == b"llm weights A"
     # a model trained from the random LLM is not reused with this one
-    final = out / "rgpt" / "stage2"
-    final.mkdir(parents=True)
-    (final / "config.json").write_text("{}")
-    (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
     random_args = SB.parse_args(["--out", str(out), "--n-train", "10", "--n-val", "2"])
-    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
-                "tower_seconds": 0.0, "llm": "random",
-                **{k: getattr(random_args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
-                                                        "stage1_steps", "stage2_steps", "batch_size", "stage1_lr",
-                                                        "stage2_lr", "region_box_prob")}}
-    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    settings = SB.model_settings("rgpt", random_args, paths["tower"])
+    assert settings["llm"] == "random" != SB.model_settings("rgpt", args, paths["tower"])["llm"]
+    fake_trained_model(out, settings)
     assert SB.train_model("rgpt", random_args, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}   # same: reused
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", args, out, paths)
@@ -183,9 +185,7 @@ def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
     if not (Path(SB.DEFAULT_TOKENIZER) / "tokenizer.model").is_file():
         pytest.skip(f"the shared LLaMA tokenizer is absent at {SB.DEFAULT_TOKENIZER}")
     out = tmp_path / "out"
-    (out / "data").mkdir(parents=True)
-    (out / "data" / "meta.json").write_text(json.dumps({"args": {"n_train": 10, "n_val": 2, "seed": 0, "max_rec": 2}}))
-    (out / "data" / "train_text.json").write_text("[]")
+    fake_data(out)
     # a base LLM left by a run from before the default changed (built at 0.02, folder "llm") is not picked up
     (out / "base" / "llm").mkdir(parents=True)
     (out / "base" / "llm" / "config.json").write_text(json.dumps({"initializer_range": 0.02}))
@@ -198,20 +198,13 @@ def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
     assert other == out / "base" / "llm_std0.02"
     assert json.loads((other / "config.json").read_text())["initializer_range"] == 0.02
     # a model trained with another scale, or before the scale was part of the settings, is not reused
-    final = out / "rgpt" / "stage2"
-    final.mkdir(parents=True)
-    (final / "config.json").write_text("{}")
-    (out / "rgpt" / "timing.json").write_text(json.dumps({"stage1_s": 1.0, "stage2_s": 2.0}))
-    settings = {"model": SB.MODELS["rgpt"], "merge_size": [], "tower": SB.weights_id(paths["tower"]),
-                "tower_seconds": 0.0, "llm": "random",
-                **{k: getattr(default, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
-                                                    "stage1_steps", "stage2_steps", "batch_size", "stage1_lr",
-                                                    "stage2_lr", "region_box_prob")}}
-    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    settings = SB.model_settings("rgpt", default, paths["tower"])
+    assert settings["llm_init_std"] == 0.088
+    fake_trained_model(out, settings)
     assert SB.train_model("rgpt", default, out, paths) == {"stage1_s": 1.0, "stage2_s": 2.0}
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", transformers_scale, out, paths)
     del settings["llm_init_std"]
-    (out / "rgpt" / "settings.json").write_text(json.dumps(settings))
+    fake_trained_model(out, settings)
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", default, out, paths)

@@ -103,11 +103,13 @@ def build_tiny_llava(out_dir, tokenizer_dir, vision_dir, seed: int = 0, **config
 
 
 def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
-                   num_heads: int = 4, init_std: float = 0.02):
+                   num_heads: int = 4, init_std: float = 0.02, tie_word_embeddings: bool = False):
     """A random Vicuna-style ``LlamaForCausalLM`` (the base LLM that LLaVA's training starts from).
 
     ``init_std`` is the config's ``initializer_range`` (std of every linear and embedding weight); transformers'
-    0.02 suits widths of 1-4k, while 1/sqrt(hidden_size) is the fan-in scale of a narrow model."""
+    0.02 suits widths of 1-4k, while 1/sqrt(hidden_size) is the fan-in scale of a narrow model.
+    ``tie_word_embeddings`` shares the input embeddings with the LM head (half the weights of a narrow model with
+    LLaMA's 32k vocabulary)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
@@ -116,7 +118,7 @@ def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: in
                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=0, torch_dtype="float32",
-                      initializer_range=init_std)
+                      initializer_range=init_std, tie_word_embeddings=tie_word_embeddings)
     LlamaForCausalLM(cfg).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return str(out_dir)

@@ -176,6 +176,23 @@ def test_stage2_outputs_load_with_the_builder(env, stage1, kind):
         assert bad.returncode == 2 and "not a LoRA checkpoint" in bad.stderr
 
 
+def test_stage2_from_a_tied_llm_keeps_head_and_embeddings_one(env, stage1, tiny_tokenizer_dir):
+    """A base Llama with tie_word_embeddings (rgpt_llava.train.pretrain_llm writes such) trains and reloads tied."""
+    from safetensors.torch import load_file
+    from rgpt_llava.tiny import build_tiny_llm
+    base = build_tiny_llm(env.root / "tied_base", tiny_tokenizer_dir, tie_word_embeddings=True)
+    before = load_file(Path(base) / "model.safetensors")["model.embed_tokens.weight"]
+    out = env.root / "stage2_tied"
+    run(env, out, model_name_or_path=base, pretrain_mm_mlp_adapter=stage1.out / "mm_projector.bin",
+        learning_rate=1e-2, data=env.good, num_train_epochs=4)
+    assert json.load(open(out / "config.json"))["tie_word_embeddings"] is True
+    from rgpt_llava.model.builder import load_pretrained_model
+    _, model, _, _ = load_pretrained_model(str(out), None, device="cpu")
+    emb = model.get_input_embeddings().weight
+    assert model.lm_head.weight is emb
+    assert not torch.allclose(emb, before)   # trained, and the head with it
+
+
 def test_loss_falls_on_a_fixed_batch(env):
     out = env.root / "overfit"
     run(env, out, data=env.good, num_train_epochs=25, learning_rate=3e-3, save_steps=1000, warmup_ratio=0.0,
@@ -284,6 +301,29 @@ def test_dataset_box_augmentation_and_skips(env, tiny_tokenizer_dir, tmp_path):
     ds[outside]
     reasons = [json.loads(line)["reason"] for line in open(log)]
     assert any("unreadable" in r for r in reasons) and any("outside the 200x120 image" in r for r in reasons)
+
+
+def test_box_draws_differ_between_dataloader_workers(env, tiny_tokenizer_dir, monkeypatch):
+    """Each worker holds a copy of the dataset: without a generator of its own it would repeat the others' draws."""
+    import random
+    from types import SimpleNamespace as NS
+    _, module = make_dataset(env, tiny_tokenizer_dir, env.good, region_box_prob=0.5)
+    ds = module["train_dataset"]
+    sample = {"regions": [{"bbox": [0, 0, 5, 5], "segmentation": [[0, 0, 5, 0, 5, 5]]}]}
+
+    def sequence(worker):
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+        return ["segmentation" in ds.region_specs(sample)[0] for _ in range(64)]
+
+    main = sequence(None)
+    seed = ds.seed
+    expected = random.Random(seed)   # the main process (0 workers) draws exactly as before
+    assert main == [not expected.random() < 0.5 for _ in range(64)]
+    w0, w1 = sequence(NS(id=0)), sequence(NS(id=1))
+    assert w0 != w1 and w0 != main
+    expected = random.Random(f"{seed}/worker/1")
+    ds._rng_worker = None   # a fresh copy in worker 1
+    assert sequence(NS(id=1)) == [not expected.random() < 0.5 for _ in range(64)]
 
 
 def test_tokenization_mismatch_is_reported_not_trained(env, tiny_tokenizer_dir, monkeypatch):

@@ -104,7 +104,17 @@ class RegionSupervisedDataset(LazySupervisedDataset):
                 self._append_skip_log(name, reason)
         if not self.list_data_dict:
             raise ValueError(f"{data_path}: no usable sample ({len(self.load_skips)} skipped, see the warnings)")
-        self.rng = random.Random(getattr(data_args, "seed", 0))
+        self.seed = getattr(data_args, "seed", 0)
+        self.rng, self._rng_worker = random.Random(self.seed), None
+
+    def draws(self) -> random.Random:
+        """The box-versus-mask draws' generator: the main process's ``Random(seed)``; in a dataloader worker, one of
+        the worker's own (``seed/worker/k``), since each worker gets a copy of the dataset and would otherwise repeat
+        the same draws as every other worker."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._rng_worker != info.id:
+            self.rng, self._rng_worker = random.Random(f"{self.seed}/worker/{info.id}"), info.id
+        return self.rng
 
     def report_skip(self, name: str, reason: str):
         logger.warning(f"skipping {name}: {reason}")
@@ -130,7 +140,7 @@ class RegionSupervisedDataset(LazySupervisedDataset):
         specs = []
         for region in sample.get("regions") or []:
             if (isinstance(region, dict) and "segmentation" in region and "bbox" in region
-                    and self.rng.random() < getattr(self.data_args, "region_box_prob", 0.0)):
+                    and self.draws().random() < getattr(self.data_args, "region_box_prob", 0.0)):
                 region = {"bbox": region["bbox"]}
             specs.append(region)
         return specs

@@ -54,6 +54,7 @@ from rgpt_llava.data import shapes  # noqa: E402
 from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
                                           region_list)  # noqa: E402
 from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
+from rgpt_llava.train.pretrain_llm import PretrainError, answer_spans, vicuna_v1_ids  # noqa: E402
 
 # The studies ran at transformers' initializer_range before the benchmark moved to the fan-in scale (LLM["init_std"]);
 # keeping their default keeps the commands in docs/SHAPES.md reproducing their tables.
@@ -186,40 +187,16 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
 def encode(samples: list, tokenizer) -> list:
     """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess`` (as
     ``RegionSupervisedDataset`` calls it) in the Vicuna-v1 template (``--version v1``, as the benchmark trains), with
-    region placeholders as in training: labels are the ids on every answer (and its ``</s>``), ``IGNORE_INDEX``
-    elsewhere."""
-    from llava import conversation as conversation_lib
-    from llava.train import train as llava_train
-    from rgpt_llava.train.dataset import region_aware_llava_preprocess
-    if tokenizer.pad_token is None:   # what llava.train.train.train() sets for every template but v0
-        tokenizer.pad_token = tokenizer.unk_token
-    saved = conversation_lib.default_conversation
-    conversation_lib.default_conversation = conversation_lib.conv_vicuna_v1
+    region placeholders as in training (:func:`rgpt_llava.train.pretrain_llm.vicuna_v1_ids`)."""
     enc = []
-    try:
-        with region_aware_llava_preprocess():
-            for pairs, feats in samples:
-                source = [m for q, a in pairs for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
-                out = llava_train.preprocess([source], tokenizer, has_image=True)
-                ids, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
-                if all(t == IGNORE_INDEX for t in labels):
-                    raise StudyError(f"LLaVA's preprocess masked every token of {source!r} (tokenization mismatch)")
-                enc.append((ids, labels, feats))
-    finally:
-        conversation_lib.default_conversation = saved
+    for pairs, feats in samples:
+        source = [m for q, a in pairs for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
+        try:
+            ids, labels = vicuna_v1_ids(source, tokenizer)
+        except PretrainError as e:
+            raise StudyError(str(e)) from None
+        enc.append((ids, labels, feats))
     return enc
-
-
-def answer_spans(labels) -> list:
-    """(start, end) of each run of supervised positions: one per answer."""
-    spans, start = [], None
-    for i, t in enumerate(list(labels) + [IGNORE_INDEX]):
-        if t != IGNORE_INDEX and start is None:
-            start = i
-        elif t == IGNORE_INDEX and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
 
 
 def forward(model, projector, batch: list):

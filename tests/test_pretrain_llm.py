@@ -161,7 +161,10 @@ def test_a_short_run_writes_a_tied_llama_that_loads(tmp_path, real_tokenizer_dir
     saved = json.loads((out / "llm_pretraining.json").read_text())
     assert saved["curve"] == result["curve"] and set(saved["curve"][0]) >= {"rec", "describe", "loss"}
     config = json.loads((out / "config.json").read_text())
-    assert config["tie_word_embeddings"] is True and config["torch_dtype"] == "float16"
+    assert config["tie_word_embeddings"] is True
+    from safetensors.torch import load_file
+    weights = load_file(out / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float16} and "lm_head.weight" not in weights
     model = LlamaForCausalLM.from_pretrained(out)
     assert model.lm_head.weight is model.get_input_embeddings().weight
     # continuing from it: the folder's shape and weights, its curve kept as "before"

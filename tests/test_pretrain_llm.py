@@ -140,14 +140,18 @@ def test_forward_puts_mean_word_embeddings_at_the_regions_and_image(tied_llm):
     assert loss.item() > 0 and pred.shape == gold.shape
 
 
-def test_cli_refuses_bad_input(tmp_path, capsys):
+def test_cli_refuses_bad_input(tmp_path, capsys, real_tokenizer_dir):
     for argv, says in [(["--max-items", "1"], "--max-items must be at least 2"),
                        (["--heads", "3"], "does not divide the width"),
                        (["--tokenizer", str(tmp_path)], "no LLaMA tokenizer"),
                        (["--steps", "0"], "--steps must be at least 1"),
-                       (["--prefix-len", "-1"], "must not be negative")]:
+                       (["--prefix-len", "-1"], "must not be negative"),
+                       (["--max-seconds", "0"], "--max-seconds must be positive"),
+                       (["--lr=-1e-3"], "--lr must not be negative"),
+                       (["--device", "nonsense"], "--device nonsense"),
+                       (["--max-word-id", "300"], "--max-word-id 300: the tokenizer has only")]:
         with pytest.raises(SystemExit):
-            P.main(["--out", str(tmp_path / "o")] + argv)
+            P.main(["--out", str(tmp_path / "o"), "--tokenizer", real_tokenizer_dir] + argv)
         assert says in capsys.readouterr().err
 
 

@@ -314,6 +314,16 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.prefix_len < 0 or args.workers < 0:
         ap.error("--prefix-len and --workers must not be negative")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        ap.error("--max-seconds must be positive")
+    if args.lr < 0:
+        ap.error("--lr must not be negative")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch build sees no CUDA device")
     if args.max_items < 2:
         ap.error("--max-items must be at least 2 (REC needs a choice)")
     if not (args.tokenizer / "tokenizer.model").is_file():
@@ -337,12 +347,15 @@ def main(argv=None):
                            num_heads=args.heads, init_std=args.init_std, tie_word_embeddings=not args.untied)
             tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
             model = LlamaForCausalLM.from_pretrained(tmp)
-    pool = word_pool(tokenizer, args.max_word_id, seed=args.seed)
+    try:
+        pool = word_pool(tokenizer, args.max_word_id, seed=args.seed)
+    except PretrainError as e:
+        ap.error(f"--max-word-id {args.max_word_id}: {e}")
     slot_words = slot_vocabularies(pool)
     val_rng, pools, encode = random.Random(f"{args.val_seed}/val"), load_pools(), Encoder(tokenizer, args.prefix_len)
     val = [encode(make_sample(val_rng, slot_words, pools, tokenizer.decode, max_items=args.max_items))
            for _ in range(args.val_samples)]
-    if torch.device(args.device).type == "cuda":
+    if device.type == "cuda":
         # the main process only feeds the GPU; idle CPU threads of its own would take cores from the sample makers
         torch.set_num_threads(1)
     model.to(args.device)

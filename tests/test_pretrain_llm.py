@@ -1,4 +1,4 @@
-"""rgpt_llava.train.pretrain_llm: the synthetic conversations say what they claim, and the model reads what they mean."""
+"""rgpt_llava.train.pretrain_llm: the synthetic conversations say what they claim; the model reads what they mean."""
 import json
 import random
 import re

@@ -9,7 +9,8 @@ data.
 Each sample is a Vicuna-v1 conversation about K *items*. An item is one word of the tokenizer's own vocabulary per
 "attribute slot" (4 slots: the word pool is split once into 4 fixed word classes, as a language has colour words
 and shape words; a sample draws 2-5 values per slot), and reaches the LLM as ONE input vector -- the mean of its
-words' token embeddings -- at a ``<regionN>`` placeholder, just where RegionGPT puts a region embedding. The turns use the paper's instruction pools (Tables 21 and 25, the task-guided suffix):
+words' token embeddings -- at a ``<regionN>`` placeholder, just where RegionGPT puts a region embedding. The turns
+use the paper's instruction pools (Tables 21 and 25, the task-guided suffix):
 
 - describe: a brief-caption prompt about ``<regionN>`` -> ``a <its words in slot order>``;
 - REC: the items listed as ``<region1>, ..., <regionK>`` and an expression ``the <a unique subset of the target's
@@ -28,6 +29,7 @@ The result is a ``LlamaForCausalLM`` folder with its tokenizer (``--llm DIR`` of
 ``--model_name_or_path`` of training) and ``llm_pretraining.json`` (arguments, the held-out curve).
 """
 import argparse
+import itertools
 import json
 import math
 import random
@@ -187,6 +189,21 @@ def bag_means(emb, bags: torch.Tensor) -> torch.Tensor:
     return (emb(bags.clamp_min(0)) * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
 
 
+def padded_batch(samples: Sequence[tuple]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, labels)`` samples as right-padded (ids, attention mask, labels) tensors; the labels are shifted so
+    that position t holds the target of position t (token t + 1), ``IGNORE_INDEX`` elsewhere."""
+    length = max(len(ids) for ids, _ in samples)
+    ids = torch.zeros(len(samples), length, dtype=torch.long)
+    mask = torch.zeros(len(samples), length, dtype=torch.long)
+    labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+    for b, (sample_ids, sample_labels) in enumerate(samples):
+        n = len(sample_ids)
+        ids[b, :n] = torch.tensor(sample_ids)
+        mask[b, :n] = 1
+        labels[b, :n - 1] = torch.tensor(sample_labels[1:])   # position t predicts token t + 1
+    return ids, mask, labels
+
+
 def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """:func:`padded` tensors of different widths as one, -1 padded."""
     width = max(t.shape[1] for t in tensors)
@@ -199,20 +216,9 @@ def forward(model, batch: list, image_bank: torch.Tensor, generator: torch.Gener
     pool on the model's device), drawn with ``generator``."""
     emb = model.get_input_embeddings()
     dev = emb.weight.device
-    length = max(len(s[0]) for s in batch)
-    ids = torch.zeros(len(batch), length, dtype=torch.long)
-    mask = torch.zeros(len(batch), length, dtype=torch.long)
-    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
-    items, first, rows = [], [], 0
-    for b, (sample_ids, sample_labels, sample_items, _) in enumerate(batch):
-        n = len(sample_ids)
-        ids[b, :n] = torch.tensor(sample_ids)
-        mask[b, :n] = 1
-        labels[b, :n - 1] = torch.tensor(sample_labels[1:])   # position t predicts token t + 1
-        first.append(rows)
-        rows += len(sample_items)
-        items.append(sample_items)
-    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+    ids, mask, labels = (t.to(dev) for t in padded_batch([(s[0], s[1]) for s in batch]))
+    items = [s[2] for s in batch]
+    first = [0] + list(itertools.accumulate(len(i) for i in items))[:-1]   # each sample's first item row
     inputs = emb(ids.clamp_min(0)) * mask.unsqueeze(-1)
     is_image = ids == IMAGE_TOKEN_INDEX
     n_image = int(is_image.sum())

@@ -54,7 +54,7 @@ from rgpt_llava.data import shapes  # noqa: E402
 from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
                                           region_list)  # noqa: E402
 from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
-from rgpt_llava.train.pretrain_llm import PretrainError, answer_spans, vicuna_v1_ids  # noqa: E402
+from rgpt_llava.train.pretrain_llm import PretrainError, answer_spans, padded_batch, vicuna_v1_ids  # noqa: E402
 
 # The studies ran at transformers' initializer_range before the benchmark moved to the fan-in scale (LLM["init_std"]);
 # keeping their default keeps the commands in docs/SHAPES.md reproducing their tables.
@@ -207,19 +207,11 @@ def forward(model, projector, batch: list):
     """
     emb = model.get_input_embeddings()
     dev = emb.weight.device
-    length = max(len(i) for i, _, _ in batch)
-    ids = torch.zeros(len(batch), length, dtype=torch.long)
-    mask = torch.zeros(len(batch), length, dtype=torch.long)
-    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
+    ids, mask, labels = (t.to(dev) for t in padded_batch([(i, l) for i, l, _ in batch]))
     feats, first = [], []            # all samples' feature rows stacked; the row where each sample's rows start
-    for b, (sample_ids, sample_labels, rows) in enumerate(batch):
-        n = len(sample_ids)
-        ids[b, :n] = torch.tensor(sample_ids)
-        mask[b, :n] = 1
-        labels[b, :n - 1] = torch.tensor(sample_labels[1:])   # position t predicts token t + 1
+    for _, _, rows in batch:
         first.append(len(feats))
         feats += rows
-    ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
     inputs = emb(ids.clamp_min(0)) * mask.unsqueeze(-1)
     is_region = ids <= REGION_TOKEN_INDEX
     if is_region.any():

@@ -69,6 +69,28 @@ def test_samples_answer_what_they_ask():
     assert min(seen.values()) > 0, seen
 
 
+def test_turn_counts_follow_the_flags():
+    slot_words, words_of = toy_words()
+    pools = load_pools()
+    rng = random.Random(2)
+    for rec, describe in [(2, 0), (0, 1), (1, 2)]:
+        args = type("Args", (), {"max_items": 6, "rec_turns": rec, "describe_turns": describe})
+        for _ in range(30):
+            turns, items = P.draw_sample(rng, slot_words, pools, words_of, args)
+            kinds = [k for _, _, k in turns]
+            # every item of a sample is distinct, so every item is a possible REC target: the counts are exact
+            assert kinds.count("rec") == rec and kinds.count("describe") == min(describe, len(items))
+
+
+def test_fixed_samples_repeat_a_finite_set():
+    samples = [("s", i) for i in range(5)]
+    stream = iter(P.FixedSamples(samples, seed=3))
+    drawn = [next(stream) for _ in range(200)]
+    assert set(drawn) == set(samples)   # only the set's members, each of them many times
+    again = iter(P.FixedSamples(samples, seed=3))
+    assert [next(again) for _ in range(200)] == drawn
+
+
 def test_samples_are_reproducible():
     slot_words, words_of = toy_words()
     pools = load_pools()
@@ -149,7 +171,11 @@ def test_cli_refuses_bad_input(tmp_path, capsys, real_tokenizer_dir):
                        (["--max-seconds", "0"], "--max-seconds must be positive"),
                        (["--lr=-1e-3"], "--lr must not be negative"),
                        (["--device", "nonsense"], "--device nonsense"),
-                       (["--max-word-id", "300"], "--max-word-id 300: the tokenizer has only")]:
+                       (["--max-word-id", "300"], "--max-word-id 300: the tokenizer has only"),
+                       (["--rec-turns", "-1"], "--describe-turns must not be negative"),
+                       (["--rec-turns", "0", "--describe-turns", "0"], "leaves nothing to learn"),
+                       (["--train-samples", "0"], "--train-samples must be at least 1"),
+                       (["--pool-words", "15"], "--pool-words 15: must be between 16")]:
         with pytest.raises(SystemExit):
             P.main(["--out", str(tmp_path / "o"), "--tokenizer", real_tokenizer_dir] + argv)
         assert says in capsys.readouterr().err
@@ -191,3 +217,13 @@ def test_continuing_refuses_shape_flags_and_odd_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         P.main(["--out", str(tmp_path / "o"), "--init-llm", str(tmp_path), "--layers", "3"])
     assert "takes the width, depth, heads, scale and tying from the saved model" in capsys.readouterr().err
+
+
+def test_a_rec_only_run_on_a_fixed_set(tmp_path, real_tokenizer_dir):
+    result = P.main(["--out", str(tmp_path / "llm"), "--tokenizer", real_tokenizer_dir, "--hidden", "32",
+                     "--layers", "1", "--heads", "2", "--steps", "2", "--batch-size", "2", "--prefix-len", "2",
+                     "--val-samples", "4", "--eval-every", "2", "--describe-turns", "0", "--train-samples", "3",
+                     "--pool-words", "16"])
+    assert [p["step"] for p in result["curve"]] == [2]
+    assert "rec" in result["curve"][0] and "describe" not in result["curve"][0]
+    assert result["args"]["train_samples"] == 3 and result["words"] == 16

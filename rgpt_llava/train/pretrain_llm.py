@@ -170,9 +170,28 @@ class SampleStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(f"{self.args.seed}/train/{info.id if info else 0}")
         encode, pools = Encoder(self.tokenizer, self.args.prefix_len), load_pools()
-        words_of = self.tokenizer.decode
         while True:
-            yield encode(make_sample(rng, self.slot_words, pools, words_of, max_items=self.args.max_items))
+            yield encode(draw_sample(rng, self.slot_words, pools, self.tokenizer.decode, self.args))
+
+
+def draw_sample(rng: random.Random, slot_words, pools, words_of, args):
+    """:func:`make_sample` with the run's turn counts and list length."""
+    return make_sample(rng, slot_words, pools, words_of, max_items=args.max_items, max_rec=args.rec_turns,
+                       max_describe=args.describe_turns)
+
+
+class FixedSamples(torch.utils.data.IterableDataset):
+    """``--train-samples N``: N conversations drawn once, then batches drawn from them at random (with ``seed``),
+    so every conversation is seen many times -- as a finite training set is."""
+
+    def __init__(self, samples: list, seed: int):
+        self.samples, self.seed = samples, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}/fixed/{info.id if info else 0}")
+        while True:
+            yield self.samples[rng.randrange(len(self.samples))]
 
 
 def padded(bags: Sequence[tuple]) -> torch.Tensor:
@@ -291,6 +310,13 @@ def main(argv=None):
     ap.add_argument("--prefix-len", type=int, default=256, help="vectors standing in for the image's tokens")
     ap.add_argument("--max-items", type=int, default=6)
     ap.add_argument("--max-word-id", type=int, default=10000)
+    ap.add_argument("--pool-words", type=int,
+                    help="use only this many words of the pool, drawn with --seed (default: all of them)")
+    ap.add_argument("--rec-turns", type=int, default=2, help="REC turns per conversation (at most)")
+    ap.add_argument("--describe-turns", type=int, default=2, help="describe turns per conversation (at most)")
+    ap.add_argument("--train-samples", type=int,
+                    help="a finite training set of this many conversations, drawn once and repeated (default: "
+                         "every training conversation new)")
     ap.add_argument("--val-samples", type=int, default=512)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--workers", type=int, default=0, help="dataloader workers making the samples")
@@ -315,11 +341,14 @@ def main(argv=None):
                 setattr(args, name, LLM[key])
         if args.init_std <= 0:
             ap.error("--init-std must be positive")
-    for name in ("hidden", "layers", "heads", "steps", "batch_size", "eval_every", "max_items", "val_samples"):
+    for name in ("hidden", "layers", "heads", "steps", "batch_size", "eval_every", "max_items", "val_samples",
+                 "train_samples", "pool_words"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.prefix_len < 0 or args.workers < 0:
-        ap.error("--prefix-len and --workers must not be negative")
+    if args.prefix_len < 0 or args.workers < 0 or args.rec_turns < 0 or args.describe_turns < 0:
+        ap.error("--prefix-len, --workers, --rec-turns and --describe-turns must not be negative")
+    if args.rec_turns + args.describe_turns == 0:
+        ap.error("--rec-turns 0 --describe-turns 0 leaves nothing to learn")
     if args.max_seconds is not None and args.max_seconds <= 0:
         ap.error("--max-seconds must be positive")
     if args.lr < 0:
@@ -357,10 +386,14 @@ def main(argv=None):
         pool = word_pool(tokenizer, args.max_word_id, seed=args.seed)
     except PretrainError as e:
         ap.error(f"--max-word-id {args.max_word_id}: {e}")
+    if args.pool_words is not None:
+        if args.pool_words < 4 * SLOTS or args.pool_words > len(pool):
+            ap.error(f"--pool-words {args.pool_words}: must be between {4 * SLOTS} (4 words per slot) and the "
+                     f"pool's {len(pool)} words")
+        pool = sorted(random.Random(f"{args.seed}/pool").sample(pool, args.pool_words))
     slot_words = slot_vocabularies(pool)
     val_rng, pools, encode = random.Random(f"{args.val_seed}/val"), load_pools(), Encoder(tokenizer, args.prefix_len)
-    val = [encode(make_sample(val_rng, slot_words, pools, tokenizer.decode, max_items=args.max_items))
-           for _ in range(args.val_samples)]
+    val = [encode(draw_sample(val_rng, slot_words, pools, tokenizer.decode, args)) for _ in range(args.val_samples)]
     if device.type == "cuda":
         # the main process only feeds the GPU; idle CPU threads of its own would take cores from the sample makers
         torch.set_num_threads(1)
@@ -371,8 +404,14 @@ def main(argv=None):
     warmup = max(1, min(args.steps, 3000) // 33)   # 3 %, then cosine to args.steps (which --max-seconds may cut)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
-    loader = torch.utils.data.DataLoader(SampleStream(tokenizer, slot_words, args), batch_size=args.batch_size,
-                                         num_workers=args.workers, collate_fn=list)
+    if args.train_samples is None:
+        stream = SampleStream(tokenizer, slot_words, args)
+    else:
+        train_rng = random.Random(f"{args.seed}/train/fixed")
+        stream = FixedSamples([encode(draw_sample(train_rng, slot_words, pools, tokenizer.decode, args))
+                               for _ in range(args.train_samples)], args.seed)
+    loader = torch.utils.data.DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=list)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{len(pool)} words; LLM {args.layers} x {args.hidden}, tied {not args.untied}; "
           f"{args.val_samples} held-out samples", flush=True)

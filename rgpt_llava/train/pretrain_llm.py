@@ -160,6 +160,12 @@ class Encoder:
         return ids, labels, padded(items), [k for _, _, k in turns]
 
 
+def worker_rng(key: str) -> random.Random:
+    """A generator of its own for each dataloader worker (``key/worker id``; ``key/0`` in the main process)."""
+    info = torch.utils.data.get_worker_info()
+    return random.Random(f"{key}/{info.id if info else 0}")
+
+
 class SampleStream(torch.utils.data.IterableDataset):
     """Endless encoded training samples; each dataloader worker draws from its own seed."""
 
@@ -167,8 +173,7 @@ class SampleStream(torch.utils.data.IterableDataset):
         self.tokenizer, self.slot_words, self.args = tokenizer, slot_words, args
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(f"{self.args.seed}/train/{info.id if info else 0}")
+        rng = worker_rng(f"{self.args.seed}/train")
         encode, pools = Encoder(self.tokenizer, self.args.prefix_len), load_pools()
         while True:
             yield encode(draw_sample(rng, self.slot_words, pools, self.tokenizer.decode, self.args))
@@ -188,8 +193,7 @@ class FixedSamples(torch.utils.data.IterableDataset):
         self.samples, self.seed = samples, seed
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(f"{self.seed}/fixed/{info.id if info else 0}")
+        rng = worker_rng(f"{self.seed}/fixed")
         while True:
             yield self.samples[rng.randrange(len(self.samples))]
 

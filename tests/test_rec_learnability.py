@@ -126,7 +126,7 @@ def test_bad_input_is_named(tmp_path, data, real_tokenizer_dir, capsys):
     assert "--max-seconds must be positive" in capsys.readouterr().err
 
 
-def test_heads_beta2_and_init_std_reach_the_model_and_the_optimizer(data, real_tokenizer_dir, tmp_path, monkeypatch,
+def test_heads_betas_and_init_std_reach_the_model_and_the_optimizer(data, real_tokenizer_dir, tmp_path, monkeypatch,
                                                                     capsys):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -134,10 +134,10 @@ def test_heads_beta2_and_init_std_reach_the_model_and_the_optimizer(data, real_t
     real_adamw = torch.optim.AdamW
     monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: betas.append(k.get("betas")) or real_adamw(*a, **k))
     res = study.main(["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "1", "--batch-size", "2",
-                      "--hidden", "32", "--heads", "8", "--beta2", "0.95", "--init-std", "0.1", "--lr", "1e-9",
-                      "--save", str(tmp_path / "llm")])
+                      "--hidden", "32", "--heads", "8", "--beta1", "0.99", "--beta2", "0.95", "--init-std", "0.1",
+                      "--lr", "1e-9", "--save", str(tmp_path / "llm")])
     assert LlamaConfig.from_pretrained(tmp_path / "llm").num_attention_heads == 8 == res["args"]["heads"]
-    assert betas == [(0.9, 0.95)]
+    assert betas == [(0.99, 0.95)]
     # one step at lr 1e-9 leaves the random weights as drawn: std 0.1 (transformers' default would give 0.02)
     llm = LlamaForCausalLM.from_pretrained(tmp_path / "llm")
     assert llm.config.initializer_range == 0.1
@@ -146,6 +146,7 @@ def test_heads_beta2_and_init_std_reach_the_model_and_the_optimizer(data, real_t
     for flags, message in ((["--hidden", "32", "--heads", "3"], "--heads 3 does not divide the width 32"),
                            (["--heads", "0"], "--heads must be at least 1"),
                            (["--beta2", "1"], "--beta2 must lie in (0, 1)"),
+                           (["--beta1", "0"], "--beta1 must lie in (0, 1)"),
                            (["--init-std", "0"], "--init-std must be positive"),
                            (["--init-std", "0.1", "--init-llm", str(tmp_path / "llm")],
                             "drop --hidden/--layers/--heads/--init-std")):

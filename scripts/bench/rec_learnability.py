@@ -24,7 +24,7 @@ projector shape, but the region *features* are not the tower's:
                      S steps, or throughout); held-out accuracy on full and on cut lists
   --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
                      masking supervises every answer), as a training conversation carries them
-  --lr, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape (what sets
+  --lr, --beta1, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape (what sets
                      the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
   --init-std S       the random Llama's initializer_range (transformers' 0.02 by default; docs/SHAPES.md, "The
                      Llama's initial scale")
@@ -273,6 +273,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--beta1", type=float, default=0.9,
+                    help="AdamW's first-moment (momentum) decay (default torch's 0.9); a longer average lowers the "
+                         "update's gradient noise as a larger batch does")
     ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay (default torch's 0.999)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
@@ -313,8 +316,9 @@ def main(argv=None):
     args.heads = args.heads or LLM["num_heads"]
     if args.hidden % args.heads:
         ap.error(f"--heads {args.heads} does not divide the width {args.hidden}")
-    if not 0 < args.beta2 < 1:
-        ap.error("--beta2 must lie in (0, 1)")
+    for name in ("beta1", "beta2"):
+        if not 0 < getattr(args, name) < 1:
+            ap.error(f"--{name} must lie in (0, 1)")
     if not (args.tokenizer / "tokenizer.model").is_file():
         ap.error(f"no LLaMA tokenizer at {args.tokenizer} (tokenizer.model missing)")
     try:
@@ -370,7 +374,7 @@ def main(argv=None):
     if args.freeze_llm:
         model.requires_grad_(False)
     params = [p for p in list(model.parameters()) + list(projector.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, args.beta2), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), weight_decay=0.0)
     requested = args.steps
     if args.max_seconds is not None:
         args.steps = min(args.steps, fitting_steps(model, projector, train, val, params, args))

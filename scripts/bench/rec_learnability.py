@@ -24,8 +24,8 @@ projector shape, but the region *features* are not the tower's:
                      S steps, or throughout); held-out accuracy on full and on cut lists
   --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
                      masking supervises every answer), as a training conversation carries them
-  --lr, --beta1, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape (what sets
-                     the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
+  --lr, --beta1, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape
+                     (what sets the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
   --init-std S       the random Llama's initializer_range (transformers' 0.02 by default; docs/SHAPES.md, "The
                      Llama's initial scale")
 
@@ -274,8 +274,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--beta1", type=float, default=0.9,
-                    help="AdamW's first-moment (momentum) decay (default torch's 0.9); a longer average lowers the "
-                         "update's gradient noise as a larger batch does")
+                    help="AdamW's first-moment (momentum) decay (default torch's 0.9); 0.99 averages the gradient over "
+                         "~100 steps, but does not stand in for a larger batch (docs/SHAPES.md)")
     ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay (default torch's 0.999)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)

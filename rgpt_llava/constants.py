@@ -9,3 +9,8 @@ DEFAULT_REGION_TOKEN = "<region>"
 
 # `<region>` takes the supplied regions in order; `<regionN>` (1-based) names the N-th supplied region.
 REGION_PLACEHOLDER_PATTERN = r"<region(\d*)>"
+
+# Checkpoint files (LLaVA's names; RGPT adds the refiner to the first two), written by training, read by the builder.
+STAGE1_FILE = "mm_projector.bin"                 # stage 1: projector + refiner
+NON_LORA_FILE = "non_lora_trainables.bin"        # LoRA: projector + refiner beside the adapter
+LORA_ADAPTER_FILE = "adapter_config.json"        # PEFT's marker of a LoRA checkpoint

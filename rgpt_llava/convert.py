@@ -15,6 +15,7 @@ import sys
 import torch
 from transformers import AutoTokenizer
 
+from rgpt_llava.constants import STAGE1_FILE
 from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, _strip_prefixes, read_config
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.region_encoder import REFINER_TYPES, build_refiner
@@ -43,10 +44,10 @@ def convert(llava_path, output, model_base=None, refiner="deconv_residual", merg
         raise CheckpointError(f"{llava_path}: config.json has no mm_vision_tower; not a multimodal LLaVA checkpoint")
     full = any(os.path.exists(os.path.join(llava_path, f)) for f in WEIGHT_FILES)
     if not full:
-        if not os.path.isfile(os.path.join(llava_path, "mm_projector.bin")):
-            raise CheckpointError(f"{llava_path}: neither model weights nor mm_projector.bin found")
+        if not os.path.isfile(os.path.join(llava_path, STAGE1_FILE)):
+            raise CheckpointError(f"{llava_path}: neither model weights nor {STAGE1_FILE} found")
         if model_base is None:
-            raise CheckpointError(f"{llava_path} holds only mm_projector.bin: pass --model-base (the base LLM)")
+            raise CheckpointError(f"{llava_path} holds only {STAGE1_FILE}: pass --model-base (the base LLM)")
 
     config = rgpt_config_from_llava(src_cfg, refiner, merge_size, refiner_act, refiner_scale)
     dtype = getattr(torch, str(src_cfg.get("torch_dtype") or "float32"))
@@ -55,7 +56,7 @@ def convert(llava_path, output, model_base=None, refiner="deconv_residual", merg
                                                        output_loading_info=True)
     provided = set()
     if not full:
-        state = _strip_prefixes(torch.load(os.path.join(llava_path, "mm_projector.bin"), map_location="cpu",
+        state = _strip_prefixes(torch.load(os.path.join(llava_path, STAGE1_FILE), map_location="cpu",
                                            weights_only=True))
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
         provided = set(state)

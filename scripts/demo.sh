@@ -6,7 +6,7 @@
 #   bash scripts/demo.sh --all      the comparison table: + refinement none + plain LLaVA with text boxes (~3x longer)
 #   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~19–27 min of training on 2 cores;
 #                                   reaches the classification target, README "Measured results"); combines with --all
-# Any other flag goes to `python -m rgpt_llava.shapes_benchmark` (e.g. --stage2-steps 400).
+# Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400).
 # Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>), RGPT_DEMO_PRESET (demo | full | ci).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,7 +23,7 @@ for a in "$@"; do
 done
 # each preset keeps its own folder: its data and models are reused by a rerun, never mixed with another preset's
 OUT=${RGPT_DEMO_DIR:-outputs/shapes_$preset}
-python -m rgpt_llava.shapes_benchmark --out "$OUT" --preset "$preset" --models "$models" \
+python -m rgpt_llava.shapes.benchmark --out "$OUT" --preset "$preset" --models "$models" \
   ${args[@]+"${args[@]}"}
 
 # The trained checkpoint is an ordinary RGPT checkpoint: the region-aware CLI answers about a held-out image.

@@ -10,25 +10,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
-REAL_TOKENIZER = ASSETS / "llama-tokenizer"
-IMAGES = ASSETS / "images"
-
-
-def need(path: Path, what: str):
-    if not path.exists():
-        pytest.skip(f"{what} not found at {path} (shared assets are read-only and optional)")
-    return path
+IMAGES = ROOT / "tests" / "assets" / "images"
 
 
 @pytest.fixture(scope="session")
 def real_tokenizer_dir():
-    return str(need(REAL_TOKENIZER, "the LLaMA tokenizer"))
+    from rgpt_llava.assets import llama_tokenizer_dir
+    return str(llama_tokenizer_dir())  # shipped with the package: missing is an error, not a skip
 
 
 @pytest.fixture(scope="session")
 def images_dir():
-    return need(IMAGES, "the sample photos")
+    assert IMAGES.is_dir(), f"the test photos are missing at {IMAGES} (restore them with git checkout)"
+    return IMAGES
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,7 +176,7 @@ def test_plain_llava_falls_through_to_llava_builder(tiny_llava_dir):
     assert type(model) is LlavaLlamaForCausalLM and processor is not None
 
 
-def test_full_checkpoint_weight_mismatch_is_an_error(tmp_path, tiny_rgpt_dir):
+def test_full_checkpoint_weight_mismatch_is_an_error(tmp_path, tiny_rgpt_dir, capfd):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_rgpt_dir, broken)
     state = load_file(broken / "model.safetensors")
@@ -187,10 +188,26 @@ def test_full_checkpoint_weight_mismatch_is_an_error(tmp_path, tiny_rgpt_dir):
     save_file({**state, "model.extra.weight": torch.zeros(2)}, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"unexpected \['model.extra.weight'\]"):
         load_pretrained_model(str(broken), None, device="cpu")
-    # the vision tower's own weights inside a checkpoint are tolerated (LLaVA saves them; the tower loads by path)
+    # the vision tower's own weights inside a checkpoint are tolerated (LLaVA saves them; the tower loads by path),
+    # silently: no "weights not used" warning
     save_file({**state, "model.vision_tower.vision_tower.x": torch.zeros(2)}, broken / "model.safetensors",
               metadata={"format": "pt"})
+    capfd.readouterr()
     load_pretrained_model(str(broken), None, device="cpu")
+    assert "not used" not in capfd.readouterr().err
+
+
+def test_checkpoints_leave_the_frozen_tower_out(tmp_path, tiny_rgpt_dir):
+    # RGPT checkpoints never store the tower (it loads from mm_vision_tower): smaller, and nothing to warn about
+    assert not [k for k in load_file(Path(tiny_rgpt_dir) / "model.safetensors") if k.startswith("model.vision_tower.")]
+    _, model, _, _ = load_pretrained_model(tiny_rgpt_dir, None, device="cpu")
+    assert any(k.startswith("model.vision_tower.") for k in model.state_dict())      # loaded, by path
+    model.save_pretrained(tmp_path / "again")
+    saved = load_file(tmp_path / "again" / "model.safetensors")
+    assert set(saved) == {k for k in model.state_dict() if not k.startswith("model.vision_tower.")}
+    model.config.unfreeze_mm_vision_tower = True                   # LLaVA's flag for a trained tower: kept then
+    model.save_pretrained(tmp_path / "kept")
+    assert any(k.startswith("model.vision_tower.") for k in load_file(tmp_path / "kept" / "model.safetensors"))
 
 
 def test_unknown_or_missing_checkpoints(tmp_path):

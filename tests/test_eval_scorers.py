@@ -112,12 +112,19 @@ def test_cls_ground_truth_fill_in_a_copy():
     gt = cls_gt(crowd_fields=False)
     gt["annotations"].append({"id": 13, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 30],
                               "segmentation": [[10, 10, 60, 10, 10, 40]]})        # a triangle
-    filled, _ = coco_cls.load_ground_truth(gt)
+    gt["annotations"].append({"id": 14, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 10],
+                              "segmentation": {"size": [200, 200], "counts": "not an RLE \x00"}})   # unreadable
+    filled, _, malformed = coco_cls.load_ground_truth(gt)
     a = {x["id"]: x for x in filled["annotations"]}
     assert all(x["iscrowd"] == 0 for x in a.values())
     assert a[11]["area"] == 2500.0                   # no segmentation: box w * h
     assert a[13]["area"] == 745.0                    # pycocotools' rasterised triangle (box: 1500)
+    assert a[14]["area"] == 200.0 and malformed == [14]   # counted, and the box's area used
     assert "iscrowd" not in gt["annotations"][0]     # the input is not modified
+    extra = [{"question_id": q, "text": "dog", "scores": {"airplane": 0.5, "dog": 0.5}} for q in (13, 14)]
+    res = coco_cls.evaluate(gt, CLS_ANSWERS + extra)
+    assert res["num_malformed_segmentations"] == 1 and res["malformed_segmentation_ids"] == [14]
+    assert ("unreadable segmentations (area from the box)", 1) in coco_cls.summary_rows(res)
 
 
 def test_cls_crowd_and_missing(tmp_path):

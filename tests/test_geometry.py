@@ -18,7 +18,7 @@ from transformers import CLIPImageProcessor
 from llava.mm_utils import process_images
 from rgpt_llava.geometry import Region, image_geometry, parse_region, process_regions, transform_box
 
-IMAGE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "images"
+IMAGE_DIR = Path(__file__).resolve().parent / "assets" / "images"
 PHOTOS = {"astronaut": (512, 512), "chelsea": (451, 300), "coffee": (600, 400), "rocket": (640, 427),
           "motorcycle_left": (741, 500)}
 CROP_MODES = ["square", None]          # LLaVA's non-'pad' branch: resize + centre crop, no padding
@@ -42,8 +42,7 @@ PROC = make_processor()
 
 def load_photo(name):
     path = IMAGE_DIR / f"{name}.jpg"
-    if not path.is_file():
-        pytest.skip(f"test photo {path} is missing (expected the shared assets checkout next to the repo)")
+    assert path.is_file(), f"test photo {path} is missing (restore it with git checkout)"
     img = Image.open(path).convert("RGB")
     assert img.size == PHOTOS[name]
     return img

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from rgpt_llava.train import pretrain_tower
-from rgpt_llava.train.pretrain_tower import PatchMILHead, image_phrases, mean_average_precision, targets_for
+from rgpt_llava.shapes import pretrain_tower
+from rgpt_llava.shapes.pretrain_tower import PatchMILHead, image_phrases, mean_average_precision, targets_for
 
 
 def coco():
@@ -62,7 +62,7 @@ def test_mil_head_is_a_smooth_max_over_patches():
 
 def test_pretraining_updates_and_saves_the_tower(tmp_path, tiny_clip_dir):
     from transformers import CLIPVisionModel
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     data = tmp_path / "data"
     assert shapes.main(["--out", str(data), "--n-train", "6", "--n-val", "2", "--image-size", "64"]) == 0
     out = tmp_path / "tower"
@@ -116,7 +116,7 @@ def test_pooled_region_features_by_hand():
 
 
 def test_region_probe_reads_what_the_features_hold():
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     gen = torch.Generator().manual_seed(0)
 
     def split(n):   # one region per image, covering the whole 1x1 grid; the feature is the one-hot category

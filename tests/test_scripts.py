@@ -21,6 +21,7 @@ CI_MIN_REC_PARSED = 90.0
 CI_MIN_CAPTION_CIDER = 40.0
 
 
+@pytest.mark.slow
 def test_demo_learns_regionshapes(tmp_path):
     venv = Path(sys.prefix)
     if not (venv / ".rgpt-installed").exists():
@@ -84,3 +85,19 @@ def test_training_scripts_keep_the_paper_recipe(script, lr, global_batch, gpus):
 def test_training_script_rejects_an_indivisible_batch():
     proc = dry_run("pretrain.sh", GPUS="3")
     assert proc.returncode != 0 and "not a multiple of GPUS (3)" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh", "finetune_lora.sh"])
+def test_python_launcher_is_one_plain_process(script):
+    deepspeed = dry_run(script, GPUS="1", LAUNCHER="deepspeed")
+    plain = dry_run(script, GPUS="1", LAUNCHER="python")
+    assert deepspeed.returncode == plain.returncode == 0, deepspeed.stderr + plain.stderr
+    assert deepspeed.stdout.startswith("deepspeed ") and flags(deepspeed.stdout)["deepspeed"].endswith(".json")
+    assert plain.stdout.startswith("python -m rgpt_llava.train.train ") and "deepspeed" not in flags(plain.stdout)
+    for cmd in (deepspeed.stdout, plain.stdout):  # renamed in transformers 4.4x: named, it stops one stack or the other
+        assert "evaluation_strategy" not in cmd and "eval_strategy" not in cmd
+
+
+def test_training_script_rejects_an_unknown_launcher():
+    proc = dry_run("pretrain.sh", GPUS="1", LAUNCHER="torchrun")
+    assert proc.returncode != 0 and "LAUNCHER=torchrun is not a launcher; use deepspeed or python" in proc.stderr

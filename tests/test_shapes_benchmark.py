@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rgpt_llava import shapes_benchmark as SB
+from rgpt_llava.shapes import benchmark as SB
 
 
 def test_presets_and_overrides():
@@ -182,8 +182,6 @@ def test_device_and_workers_reach_the_training_runs(monkeypatch, capsys):
 
 
 def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
-    if not (Path(SB.DEFAULT_TOKENIZER) / "tokenizer.model").is_file():
-        pytest.skip(f"the shared LLaMA tokenizer is absent at {SB.DEFAULT_TOKENIZER}")
     out = tmp_path / "out"
     fake_data(out)
     # a base LLM left by a run from before the default changed (built at 0.02, folder "llm") is not picked up

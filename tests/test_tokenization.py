@@ -15,7 +15,7 @@ def real_tok(request, real_tokenizer_dir):
 
 
 def test_real_tokenizer_reference(real_tok):
-    # the shared tokenizer's documented reference encoding
+    # the shipped tokenizer's documented reference encoding
     assert real_tok("Hello world").input_ids == [1, 15043, 3186]
 
 

@@ -177,7 +177,7 @@ def test_stage2_outputs_load_with_the_builder(env, stage1, kind):
 
 
 def test_stage2_from_a_tied_llm_keeps_head_and_embeddings_one(env, stage1, tiny_tokenizer_dir):
-    """A base Llama with tie_word_embeddings (rgpt_llava.train.pretrain_llm writes such) trains and reloads tied."""
+    """A base Llama with tie_word_embeddings (research.pretrain_llm writes such) trains and reloads tied."""
     from safetensors.torch import load_file
     from rgpt_llava.tiny import build_tiny_llm
     base = build_tiny_llm(env.root / "tied_base", tiny_tokenizer_dir, tie_word_embeddings=True)
@@ -221,6 +221,7 @@ def test_resume_continues_step_count_and_loss_curve(env):
     assert len(b) == 4 and b[2:] == pytest.approx(a[2:], abs=1e-4)  # steps 3-4 recomputed identically
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_launcher(env, stage1, zero):
     out = env.root / f"ds_{zero}"

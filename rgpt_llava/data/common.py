@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from rgpt_llava.geometry import BOX_TOLERANCE_PX
 from rgpt_llava.mm_utils import check_region_references, region_references
+from rgpt_llava.progress import iter_progress  # noqa: F401  (re-exported for the converters)
 
 __all__ = [
     "DataError",
@@ -420,7 +421,3 @@ class CocoIndex:
         raise DataError(f"{self.path}: image {image_id} has neither 'file_name' nor 'coco_url'")
 
 
-def iter_progress(items: Iterable, desc: str, total: Optional[int] = None):
-    """tqdm on stderr, shown only on a terminal (logs and tests stay clean)."""
-    from tqdm import tqdm
-    return tqdm(items, desc=desc, total=total, disable=None, file=sys.stderr, dynamic_ncols=True)

@@ -32,7 +32,7 @@ import contextlib
 import io
 import math
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -192,7 +192,13 @@ def map_to_vocabulary(texts: Sequence[str], vocab: Vocabulary, embedder: Embedde
 # ---------------------------------------------------------------------------------------------------------------------
 # ground truth
 # ---------------------------------------------------------------------------------------------------------------------
+class MalformedSegmentation(ValueError):
+    pass
+
+
 def _segmentation_area(seg: Any, img: Optional[dict]) -> Optional[float]:
+    """The segmentation's pixel area; None when there is none to measure (no segmentation, or a polygon on an image
+    without its size); :class:`MalformedSegmentation` when pycocotools cannot read it."""
     from pycocotools import mask as mask_utils
     try:
         if isinstance(seg, list) and seg:
@@ -201,17 +207,30 @@ def _segmentation_area(seg: Any, img: Optional[dict]) -> Optional[float]:
             rles = mask_utils.frPyObjects(seg, img["height"], img["width"])
             return float(mask_utils.area(mask_utils.merge(rles)))
         if isinstance(seg, dict) and "counts" in seg:
+            h, w = seg["size"]
             if isinstance(seg["counts"], list):
-                seg = mask_utils.frPyObjects(seg, *seg["size"])
-            return float(mask_utils.area(seg))
-    except Exception:   # malformed segmentation: fall back to the box
-        return None
+                if sum(seg["counts"]) != h * w:   # pycocotools would silently fill or cut the mask
+                    raise ValueError(f"uncompressed RLE counts sum to {sum(seg['counts'])}, not h * w = {h * w}")
+                seg = mask_utils.frPyObjects(seg, h, w)
+            area = float(mask_utils.area(seg))
+            if not 0 <= area <= h * w:           # a garbled compressed string decodes to any number
+                raise ValueError(f"RLE area {area:g} outside [0, h * w = {h * w}]")
+            return area
+    except Exception as e:  # pycocotools raises assorted types (TypeError, ValueError, its own) on bad input
+        raise MalformedSegmentation(f"{type(e).__name__}: {e}") from e
     return None
 
 
-def load_ground_truth(annotation_file: Union[str, dict]) -> Tuple[dict, Vocabulary]:
+class GroundTruth(NamedTuple):
+    gt: dict                       # the instances, completed in a copy
+    vocab: "Vocabulary"
+    malformed_segmentations: List  # ids of annotations whose segmentation pycocotools could not read (area = box)
+
+
+def load_ground_truth(annotation_file: Union[str, dict]) -> GroundTruth:
     """An instances file (COCO, LVIS, V3Det, ...) checked and completed in a copy: ``iscrowd`` defaults to 0 and a
-    missing ``area`` is the segmentation's area (polygons need the image size) or else the box's ``w * h``."""
+    missing ``area`` is the segmentation's area (polygons need the image size) or else the box's ``w * h``; an
+    unreadable segmentation also falls back to the box, and is counted (COCOeval's area ranges use the area)."""
     where = annotation_file if isinstance(annotation_file, str) else "annotation dict"
     data = read_json(annotation_file, "annotation file") if isinstance(annotation_file, str) else annotation_file
     if not isinstance(data, dict):
@@ -226,7 +245,7 @@ def load_ground_truth(annotation_file: Union[str, dict]) -> Tuple[dict, Vocabula
         if iid in images:
             raise EvalInputError(f"{where}: images[{i}]: duplicate image id {iid!r}")
         images[iid] = img
-    anns, seen = [], set()
+    anns, seen, malformed = [], set(), []
     for i, a in enumerate(data["annotations"]):
         w = f"{where}: annotations[{i}]"
         a = dict(a)
@@ -244,12 +263,16 @@ def load_ground_truth(annotation_file: Union[str, dict]) -> Tuple[dict, Vocabula
             raise EvalInputError(f"{w} (id {aid}): bbox must be 4 finite numbers [x, y, w, h], got {box!r}")
         a.setdefault("iscrowd", 0)
         if "area" not in a:
-            area = _segmentation_area(a.get("segmentation"), images[a["image_id"]])
+            try:
+                area = _segmentation_area(a.get("segmentation"), images[a["image_id"]])
+            except MalformedSegmentation:
+                area = None
+                malformed.append(aid)
             a["area"] = float(box[2] * box[3]) if area is None else area
         anns.append(a)
     out = {k: v for k, v in data.items() if k != "annotations"}
     out["annotations"] = anns
-    return out, vocab
+    return GroundTruth(out, vocab, malformed)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -350,7 +373,7 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
     """Score region-classification answers. ``answers``: a JSONL path or a list of answer dicts. ``embedder``:
     None (no synonym-aware accuracy), ``"minilm"`` or a callable texts -> embeddings [N, D]. Percentages and APs
     are x100, as in the paper."""
-    gt, vocab = load_ground_truth(annotation_file)
+    gt, vocab, malformed = load_ground_truth(annotation_file)
     rows = records(answers, "result file") if isinstance(answers, str) else \
         [(f"answer {i}", a) for i, a in enumerate(answers)]
     by_id = index_by_id(rows, "question_id", "answer")
@@ -389,6 +412,7 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
         "benchmark": "region_classification", "num_categories": len(vocab), "num_regions": n,
         "num_missing": len(missing), "missing_ids": missing[:examples],
         "num_crowd_answers_ignored": len(ignored_crowd),
+        "num_malformed_segmentations": len(malformed), "malformed_segmentation_ids": malformed[:examples],
         "accuracy": _pct(correct, n), "num_correct": correct,
         "num_out_of_vocabulary": sum(oov.values()),
         "out_of_vocabulary_examples": [{"text": t, "count": c} for t, c in oov.most_common(examples)],
@@ -464,6 +488,8 @@ def summary_rows(res: Dict[str, Any]) -> List[Tuple[str, Any]]:
     rows: List[Tuple[str, Any]] = [("regions", res["num_regions"]), ("missing answers", res["num_missing"]),
                                    ("accuracy (%)", res["accuracy"]),
                                    ("out-of-vocabulary answers", res["num_out_of_vocabulary"])]
+    if res.get("num_malformed_segmentations"):
+        rows.append(("unreadable segmentations (area from the box)", res["num_malformed_segmentations"]))
     if res.get("synonym"):
         rows += [("synonym-aware accuracy (%)", res["synonym"]["accuracy"]),
                  ("answers remapped by embedding", res["synonym"]["num_remapped"])]

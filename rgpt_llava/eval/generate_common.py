@@ -23,8 +23,10 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
+from rgpt_llava.constants import REGION_TOKEN_INDEX
 from rgpt_llava.eval.common import EvalInputError, id_key
+from rgpt_llava.model.splice import count_images, embed_text, splice
+from rgpt_llava.progress import iter_progress
 from rgpt_llava.jsonl import read_resumable_jsonl
 
 DEFAULT_CONV_MODE = "vicuna_v1"
@@ -261,6 +263,12 @@ def group_by(items: Iterable[dict], key) -> "OrderedDict[Any, List[dict]]":
     return out
 
 
+def by_image(items: Iterable[dict], key, desc: str):
+    """``(image key, items)`` pairs in first-seen order, with a progress bar over the images (on a terminal)."""
+    groups = group_by(items, key)
+    return iter_progress(groups.items(), desc=desc, total=len(groups))
+
+
 def decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
@@ -274,28 +282,12 @@ def cut_at_eos(ids: Sequence[int], eos: int) -> List[int]:
 # the FAST path: one image, many prompts, shared prefix KV cache
 # ---------------------------------------------------------------------------------------------------------------------
 def _embed(model, ids: Sequence[int], image_tokens: Optional[torch.Tensor], regions: Optional[torch.Tensor]):
-    """Embeddings of ``ids`` with the image tokens spliced at the image sentinel and region k's token at its
-    sentinels (the same splice as ``prepare_inputs_labels_for_multimodal``)."""
+    """Embeddings of ``ids`` with the image tokens at the image sentinel and region k's token at its sentinels
+    (:func:`rgpt_llava.model.splice.splice`, the model's own splice)."""
     t = torch.tensor(list(ids), dtype=torch.long, device=model.device)
-    is_img = t == IMAGE_TOKEN_INDEX
-    is_reg = t <= REGION_TOKEN_INDEX
-    emb = model.get_model().embed_tokens(t.masked_fill(is_img | is_reg, 0))
-    if bool(is_reg.any()):
-        idx = REGION_TOKEN_INDEX - t[is_reg]
-        if regions is None or int(idx.max()) >= regions.shape[0]:
-            n = 0 if regions is None else regions.shape[0]
-            raise ValueError(f"the prompt refers to <region{int(idx.max()) + 1}> but {n} region(s) were supplied")
-        emb = emb.clone()
-        emb[is_reg] = regions[idx].to(emb.dtype)
-    pos = is_img.nonzero().squeeze(1).tolist()
-    if not pos:
-        return emb
-    pieces, start = [], 0
-    for p in pos:
-        pieces += [emb[start:p], image_tokens.to(emb.dtype)]
-        start = p + 1
-    pieces.append(emb[start:])
-    return torch.cat(pieces)
+    emb = embed_text(model.get_model().embed_tokens, t)
+    images = [] if image_tokens is None else [image_tokens] * count_images(t)
+    return splice(t, emb, images, regions)[0]
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:

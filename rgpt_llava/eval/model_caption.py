@@ -37,7 +37,7 @@ def main(argv=None):
     tokenizer, model, ip = G.load_model(args)
     prompt = G.conv_prompt([(args.prompt, None)], args.conv_mode)
     with G.AnswerWriter(args.answers_file) as w:
-        for name, group in G.group_by(qs, image_name).items():
+        for name, group in G.by_image(qs, image_name, "captions"):
             todo = [q for q in group if not w.is_done(q["question_id"])]
             if not todo:
                 continue

@@ -81,7 +81,7 @@ def main(argv=None):
     eos = tokenizer.eos_token_id
     name_ids = None
     with G.AnswerWriter(args.answers_file) as w:
-        for image_id, group in G.group_by(anns, lambda a: a["image_id"]).items():
+        for image_id, group in G.by_image(anns, lambda a: a["image_id"], "classification"):
             todo = [a for a in group if not w.is_done(a["id"])]
             if not todo:
                 continue

@@ -30,7 +30,7 @@ def main(argv=None):
     qs = G.get_chunk(qs, args.num_chunks, args.chunk_idx)
     tokenizer, model, ip = G.load_model(args)
     with G.AnswerWriter(args.answers_file) as w:
-        for name, group in G.group_by(qs, lambda q: q["image"]).items():
+        for name, group in G.by_image(qs, lambda q: q["image"], "POPE"):
             todo = [q for q in group if not w.is_done(q["question_id"])]
             if not todo:
                 continue

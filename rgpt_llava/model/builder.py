@@ -16,15 +16,12 @@ from typing import Dict
 import torch
 from transformers import AutoTokenizer
 
+from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.quantize import bnb_config, quantize_linear_layers_
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-STAGE1_FILE = "mm_projector.bin"
-NON_LORA_FILE = "non_lora_trainables.bin"
-# The vision tower is loaded from ``mm_vision_tower`` (as LLaVA does), so its weights in a checkpoint are not used.
-IGNORED_PREFIXES = ("model.vision_tower.",)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -51,14 +48,14 @@ def describe_checkpoint(model_path: str) -> str:
         raise CheckpointError(f"{model_path}: checkpoint of an unknown kind: model_type {model_type!r} "
                               f"(expected 'rgpt_llama' or a LLaVA type such as 'llava_llama')")
     has = lambda name: os.path.exists(os.path.join(model_path, name))  # noqa: E731
-    if has("adapter_config.json"):
+    if has(LORA_ADAPTER_FILE):
         return "lora"
     if any(has(f) for f in WEIGHT_FILES):
         return "full"
     if has(STAGE1_FILE):
         return "stage1"
     raise CheckpointError(f"{model_path}: an rgpt_llama config but no weights (none of {WEIGHT_FILES}, "
-                          f"{STAGE1_FILE} or adapter_config.json)")
+                          f"{STAGE1_FILE} or {LORA_ADAPTER_FILE})")
 
 
 def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -75,7 +72,7 @@ def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def _check_loading_info(model_path, info, provided=()):
     missing = [k for k in info.get("missing_keys", []) if k not in set(provided)]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(IGNORED_PREFIXES)]
+    unexpected = info.get("unexpected_keys", [])  # the tower's weights are ignored by the model class itself
     if missing or unexpected:
         raise CheckpointError(
             f"{model_path}: weights do not match the model: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}"
@@ -116,7 +113,7 @@ def _llava_model_name(model_path, config):
         name += "-mpt"
     if "mistral" in model_type:
         name += "-mistral"
-    if os.path.exists(os.path.join(model_path, "adapter_config.json")):
+    if os.path.exists(os.path.join(model_path, LORA_ADAPTER_FILE)):
         name += "-lora"
     return name
 

@@ -93,13 +93,6 @@ def build_refiner(config) -> nn.Module:
     return BilinearRefiner(scale // 4, deconv=DeconvRefiner(channels, act=act))
 
 
-def refiner_scale(config) -> int:
-    kind = getattr(config, "mm_refiner_type", "deconv")
-    if kind in ("bilinear", "deconv+bilinear"):
-        return int(getattr(config, "mm_refiner_scale", None) or DEFAULT_REFINER_SCALE[kind])
-    return DEFAULT_REFINER_SCALE[kind]
-
-
 def adaptive_merge(feature_map: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """[B, C, h, w] -> [B, H*W, C] image tokens by adaptive average pooling (paper: AdaPool(Z_HRes, (H, W)))."""
     b, c, h, w = feature_map.shape

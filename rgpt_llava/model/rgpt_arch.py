@@ -12,8 +12,9 @@ import torch.nn as nn
 
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
-from rgpt_llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
+from rgpt_llava.constants import IGNORE_INDEX
 from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool
+from rgpt_llava.model.splice import count_images, embed_text, splice
 
 # Settings RGPT adds to a LLaVA config, with their defaults. Every one is saved in config.json.
 RGPT_CONFIG_DEFAULTS = {
@@ -56,11 +57,6 @@ class RGPTMetaModel(LlavaMetaModel):
             elif list(self.mm_refiner.parameters()):
                 warnings.warn(f"{adapter} holds no refiner weights (a LLaVA projector?): the refiner starts from "
                               f"its initialisation")
-
-
-def region_indices(ids: torch.Tensor) -> torch.Tensor:
-    """0-based region index of each region sentinel in ``ids`` (ids <= REGION_TOKEN_INDEX)."""
-    return REGION_TOKEN_INDEX - ids
 
 
 class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
@@ -138,49 +134,27 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
         if labels is None:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
 
-        # Embed every real token of the batch in one call; sentinels are embedded as token 0 and replaced below.
-        is_image = input_ids == IMAGE_TOKEN_INDEX
-        is_region = input_ids <= REGION_TOKEN_INDEX
-        text_embeds = self.get_model().embed_tokens(input_ids.masked_fill(is_image | is_region, 0))
+        # Embed every real token of the batch in one call; sentinels are replaced by splice().
+        text_embeds = embed_text(self.get_model().embed_tokens, input_ids)
 
         new_embeds, new_labels = [], []
         image_idx = 0  # images are consumed in order, one per <image> sentinel (LLaVA's convention)
         for b in range(batch):
             keep = attention_mask[b]
             ids, embeds, labs = input_ids[b][keep], text_embeds[b][keep], labels[b][keep]
-            # Regions: one embedding per sentinel, written in place -> the sequence length does not change.
-            reg_pos = (ids <= REGION_TOKEN_INDEX).nonzero().squeeze(1)
-            if reg_pos.numel():
-                idx = region_indices(ids[reg_pos])
-                n_regions = region_tokens[b].shape[0]
-                if int(idx.max()) >= n_regions:
-                    bad = int(idx.max()) + 1
-                    raise ValueError(f"sample {b}: the prompt refers to <region{bad}> but {n_regions} "
-                                     f"region(s) were supplied")
-                embeds = embeds.index_put((reg_pos,), region_tokens[b][idx].to(embeds.dtype))
-                labs = labs.masked_fill(ids <= REGION_TOKEN_INDEX, IGNORE_INDEX)
-            # Images: each sentinel expands into the H*W image tokens.
-            img_pos = (ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
-            if not img_pos:
+            n_images = count_images(ids)
+            if n_images == 0:
                 # Text-only sample (LLaVA collates a blank image for it): keep the vision graph connected with an
                 # empty slice so every rank runs the same backward (ZeRO / DDP hooks).
+                embeds, labs = splice(ids, embeds, [], region_tokens[b], labs, where=f"sample {b}: ")
                 embeds = torch.cat([embeds, image_tokens[min(image_idx, len(image_tokens) - 1)][:0].to(embeds.dtype)])
                 image_idx += 1
-                new_embeds.append(embeds)
-                new_labels.append(labs)
-                continue
-            pieces_e, pieces_l, start = [], [], 0
-            for pos in img_pos:
-                if image_idx >= image_tokens.shape[0]:
-                    raise ValueError(f"sample {b}: more <image> placeholders than images supplied")
-                pieces_e += [embeds[start:pos], image_tokens[image_idx].to(embeds.dtype)]
-                pieces_l += [labs[start:pos], labs.new_full((image_tokens.shape[1],), IGNORE_INDEX)]
-                image_idx += 1
-                start = pos + 1
-            pieces_e.append(embeds[start:])
-            pieces_l.append(labs[start:])
-            new_embeds.append(torch.cat(pieces_e))
-            new_labels.append(torch.cat(pieces_l))
+            else:
+                embeds, labs = splice(ids, embeds, image_tokens[image_idx:image_idx + n_images], region_tokens[b],
+                                      labs, where=f"sample {b}: ")
+                image_idx += n_images
+            new_embeds.append(embeds)
+            new_labels.append(labs)
 
         # Truncate after splicing (image tokens lengthen the sequence); region embeddings sit at their own
         # placeholders, so truncation drops an embedding together with its placeholder, never shifts one.
@@ -189,11 +163,9 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
             new_embeds = [x[:max_len_cfg] for x in new_embeds]
             new_labels = [x[:max_len_cfg] for x in new_labels]
 
-        return self._pad_spliced(new_embeds, new_labels, _labels, _position_ids, _attention_mask,
-                                 attention_mask.dtype, position_ids, past_key_values)
+        return self._pad_spliced(new_embeds, new_labels, _labels, _position_ids, _attention_mask, past_key_values)
 
-    def _pad_spliced(self, new_embeds, new_labels, _labels, _position_ids, _attention_mask, mask_dtype,
-                     position_ids, past_key_values):
+    def _pad_spliced(self, new_embeds, new_labels, _labels, _position_ids, _attention_mask, past_key_values):
         """Pad the spliced sequences into a batch, honouring ``tokenizer_padding_side`` (as LLaVA does)."""
         max_len = max(x.shape[0] for x in new_embeds)
         batch, dim = len(new_embeds), new_embeds[0].shape[1]

@@ -1,25 +1,31 @@
 """RGPT training entry: LLaVA's own ``train()`` with RGPT's model, arguments, dataset, collator and trainer.
 
     python -m rgpt_llava.train.train <LLaVA's flags> [--mm_refiner_type deconv] [--region_box_prob 0.3] ...
+    RGPT_ATTN=flash_attention_2|sdpa|eager picks the LLM's attention (default: FlashAttention-2 where it can run,
+    else SDPA); the choice and its reason are printed once.
 
 LLaVA's ``llava.train.train.train()`` looks its helpers up in its module's globals when it runs; this binds RGPT's
 versions there for the duration of the call (and restores LLaVA's after), so LLaVA's training logic -- argument
 parsing, quantisation, LoRA, vision-module initialisation, saving -- is reused as is, not copied.
 """
 import contextlib
+import importlib.util
 import logging
 import os
+import socket
 
 import torch
+from transformers.utils import is_flash_attn_2_available
 
 import llava.train.llava_trainer as llava_trainer_module
 import llava.train.train as llava_train
 
+from rgpt_llava.constants import STAGE1_FILE
 from rgpt_llava.model.language_model.rgpt_llama import RGPTLlamaForCausalLM
 from rgpt_llava.model.quantize import KEEP_UNQUANTIZED, quantize_linear_layers_
 from rgpt_llava.train.arguments import RGPTDataArguments, RGPTModelArguments, RGPTTrainingArguments
 from rgpt_llava.train.dataset import make_region_data_module, summarize_skips
-from rgpt_llava.train.trainer import RGPTTrainer, STAGE1_FILE, maybe_zero_3, region_module_state
+from rgpt_llava.train.trainer import RGPTTrainer, maybe_zero_3, region_module_state
 
 logger = logging.getLogger(__name__)
 _llava_safe_save = llava_train.safe_save_model_for_hf_trainer
@@ -89,6 +95,51 @@ def rgpt_bindings():
                 setattr(mod, k, v)
 
 
+ATTENTION = ("flash_attention_2", "sdpa", "eager")
+
+
+def choose_attention(training_args, requested=None):
+    """The LLM's attention and why: RGPT_ATTN when set, else the caller's, else FlashAttention-2 where it can run,
+    else SDPA (PyTorch's fused attention, in transformers' Llama since 4.36). LLaVA's train_mem asks for
+    FlashAttention-2 unconditionally, which stops every run on machines without flash_attn (CPU, V100, T4)."""
+    chosen = os.environ.get("RGPT_ATTN")
+    if chosen is not None:
+        if chosen not in ATTENTION:
+            raise SystemExit(f"error: RGPT_ATTN={chosen!r} is not an attention implementation; "
+                             f"use one of {', '.join(ATTENTION)}")
+        return chosen, f"RGPT_ATTN={chosen}"
+    if requested is not None:
+        return requested, "asked by the caller"
+    cuda = torch.cuda.is_available()
+    for unusable, why in (
+            (importlib.util.find_spec("flash_attn") is None, "flash_attn is not installed"),
+            (not cuda, "no CUDA device"),
+            (cuda and torch.cuda.get_device_capability()[0] < 8, "FlashAttention-2 needs an Ampere or newer GPU"),
+            (not is_flash_attn_2_available(), "the installed flash_attn is too old for transformers"),
+            (not (training_args.bf16 or training_args.fp16), "FlashAttention-2 needs --bf16 or --fp16")):
+        if unusable:
+            return "sdpa", why
+    return "flash_attention_2", "flash_attn installed, CUDA GPU, half precision"
+
+
+def start_single_process_group(training_args):
+    """--deepspeed in a process that no launcher started (``python -m rgpt_llava.train.train --deepspeed ...``).
+
+    transformers then turns DeepSpeed half on: its Trainer takes the run for a DeepSpeed one, but accelerate builds
+    the DeepSpeed engine only when a launcher's rank variables are set, and the first checkpoint save fails
+    (``'RGPTLlamaForCausalLM' object has no attribute 'save_checkpoint'``). Give the process the variables
+    ``deepspeed --num_gpus 1`` would: DeepSpeed then runs as a group of one.
+    """
+    if not training_args.deepspeed or "LOCAL_RANK" in os.environ:
+        return
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:  # a free port, as two such runs may share a machine
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+
+
 def train(attn_implementation=None):
     # LLaVA builds the projector (and here the refiner) before the Trainer seeds anything, so two runs of the same
     # command start from different weights; seed first, from the run's own --seed.
@@ -96,6 +147,10 @@ def train(attn_implementation=None):
     parser = transformers.HfArgumentParser((RGPTModelArguments, RGPTDataArguments, RGPTTrainingArguments))
     training_args = parser.parse_args_into_dataclasses(return_remaining_strings=True)[2]
     transformers.set_seed(training_args.seed)
+    attn_implementation, why = choose_attention(training_args, attn_implementation)
+    start_single_process_group(training_args)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process
+        print(f"attention: {attn_implementation} ({why})", flush=True)
     with rgpt_bindings():
         llava_train.train(attn_implementation=attn_implementation)
     trainer = RGPTTrainer.last

@@ -17,11 +17,11 @@ from transformers import Trainer
 
 from llava.train.llava_trainer import LLaVATrainer
 
+from rgpt_llava.constants import NON_LORA_FILE, STAGE1_FILE
+
 logger = logging.getLogger(__name__)
 
 REGION_MODULE_KEYS = ("mm_projector", "mm_refiner")
-STAGE1_FILE = "mm_projector.bin"
-NON_LORA_FILE = "non_lora_trainables.bin"
 
 
 def maybe_zero_3(param, ignore_status=False, name=None):

@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--big", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--image", default=str(ROOT.parent / "shared" / "assets" / "images" / "rocket.jpg"))
+    ap.add_argument("--image", default=str(ROOT / "tests" / "assets" / "images" / "rocket.jpg"))
     ap.add_argument("--model-path", help="use this checkpoint instead of building a random one")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -52,8 +52,9 @@ def main():
         path = args.model_path or build(tmp, args.big)
         tok, model, ip = G.load_model(argparse.Namespace(model_path=path, model_base=None, load_8bit=False,
                                                          load_4bit=False, device=args.device))
-        img = Image.open(args.image).convert("RGB") if os.path.exists(args.image) else \
-            Image.new("RGB", (640, 480), (120, 80, 40))
+        if not os.path.isfile(args.image):
+            sys.exit(f"error: --image {args.image}: no such file")
+        img = Image.open(args.image).convert("RGB")
         w, h = img.size
         prompt = G.tokenize(tok, G.conv_prompt([(
             "What category name best describes the region represented by <region1>? "

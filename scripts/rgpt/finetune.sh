@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
 ACC=$(accumulation 128 "$PER_DEVICE_BATCH")
 # shellcheck disable=SC2046
-launch --deepspeed ./scripts/zero3.json $(model_flags ./playground/data/rgpt/stage2.json) $(schedule_flags) \
+launch $(zero_config ./scripts/zero3.json) $(model_flags ./playground/data/rgpt/stage2.json) $(schedule_flags) \
   --pretrain_mm_mlp_adapter "${PRETRAIN_ADAPTER:-./checkpoints/rgpt-vicuna-7b-pretrain/mm_projector.bin}" \
   --group_by_modality_length True \
   --output_dir "${OUTPUT_DIR:-./checkpoints/rgpt-vicuna-7b}" \

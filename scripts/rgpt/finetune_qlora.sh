@@ -2,9 +2,9 @@
 # Stage 2 with QLoRA on ONE GPU (NF4 + double quantisation; refiner and projector unquantised and trained), batch 4 x
 # 32 accumulation = 128 (the paper's global batch), gradient checkpointing. Peak memory of the 7B model: docs/MEMORY.md
 # (measured 8.4 GiB at batch 1, 14.7 GiB at batch 4: fits a 24 GB card).
+LAUNCHER=${LAUNCHER:-python}  # before common.sh, whose default is deepspeed
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 GPUS=1
-LAUNCHER=${LAUNCHER:-python}
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-4}
 ACC=$(accumulation 128 "$PER_DEVICE_BATCH")
 # shellcheck disable=SC2046

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-32}
 ACC=$(accumulation 256 "$PER_DEVICE_BATCH")
 # shellcheck disable=SC2046  # word splitting of the shared flags is intended (paths without spaces)
-launch --deepspeed ./scripts/zero2.json $(model_flags ./playground/data/rgpt/stage1.json) $(schedule_flags) \
+launch $(zero_config ./scripts/zero2.json) $(model_flags ./playground/data/rgpt/stage1.json) $(schedule_flags) \
   --tune_mm_mlp_adapter True \
   --output_dir "${OUTPUT_DIR:-./checkpoints/rgpt-vicuna-7b-pretrain}" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$ACC" \

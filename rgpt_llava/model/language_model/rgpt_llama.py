@@ -30,8 +30,15 @@ class RGPTLlamaModel(RGPTMetaModel, LlavaLlamaModel):
 _LLAMA_FORWARD_PARAMS = set(inspect.signature(LlamaForCausalLM.forward).parameters)
 
 
+# The frozen vision tower is loaded from config.mm_vision_tower (LLaVA's rule), never from a checkpoint's weights.
+VISION_TOWER_PREFIX = "model.vision_tower."
+
+
 class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
     config_class = RGPTConfig
+    # LLaVA's checkpoints (and RGPT's before they left the tower out) carry the tower's weights: not an error, and
+    # not worth transformers' screen-long "weights not used" warning.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\."]
 
     def __init__(self, config):
         # Skip LlavaLlamaForCausalLM.__init__ (it would build a LlavaLlamaModel), as LLaVA itself skips Llama's.
@@ -44,6 +51,15 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
 
     def get_model(self):
         return self.model
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """transformers' save, without the frozen tower's weights (nothing reads them; 0.6 GB for CLIP-L in fp16).
+        Kept where LLaVA's ``unfreeze_mm_vision_tower`` says the tower was trained."""
+        if not getattr(self.config, "unfreeze_mm_vision_tower", False):
+            if state_dict is None:
+                state_dict = self.state_dict()
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(VISION_TOWER_PREFIX)}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     # The signature is explicit (no bare **kwargs): generate() inspects it to decide what to pass.
     def forward(

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Can RegionShapes' tiny LLM learn REC at all? A study that takes the vision side out of the question.
 
-    python -m rgpt_llava.data.shapes --out D --n-train 6000 --n-val 300 --seed 0
-    python scripts/bench/rec_learnability.py --data D --regions oracle --steps 2000 --json out.json
+    python -m rgpt_llava.shapes.generator --out D --n-train 6000 --n-val 300 --seed 0
+    python research/rec_learnability.py --data D --regions oracle --steps 2000 --json out.json
 
 Only the REC turns of the generated conversations are used, by default each as its own one-turn sample; the loss is on
 the answer (`Region [x]` / the no-match answer), as in training. The LLM is the benchmark's tiny Llama (same
@@ -47,14 +47,14 @@ import torch
 import torch.nn.functional as F
 
 # Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX  # noqa: E402
-from rgpt_llava.data import shapes  # noqa: E402
+from rgpt_llava.shapes import generator as shapes  # noqa: E402
 from rgpt_llava.data.instructions import (category_suffix, load_pools, no_match_answer, rec_answer, rec_suffix,
                                           region_list)  # noqa: E402
-from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
-from rgpt_llava.train.pretrain_llm import PretrainError, answer_spans, padded_batch, vicuna_v1_ids  # noqa: E402
+from rgpt_llava.shapes.benchmark import DEFAULT_TOKENIZER, LLM  # noqa: E402
+from research.pretrain_llm import PretrainError, answer_spans, padded_batch, vicuna_v1_ids  # noqa: E402
 
 # The studies ran at transformers' initializer_range before the benchmark moved to the fan-in scale (LLM["init_std"]);
 # keeping their default keeps the commands in docs/SHAPES.md reproducing their tables.
@@ -128,7 +128,7 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
     conv_file, ann_file = data / f"{split}.json", data / "annotations" / f"instances_{split}.json"
     for f in (conv_file, ann_file):
         if not f.is_file():
-            raise StudyError(f"{f} is missing: --data must be a folder made by `python -m rgpt_llava.data.shapes`")
+            raise StudyError(f"{f} is missing: --data must be a folder made by `python -m rgpt_llava.shapes.generator`")
     anns = {a["id"]: a for a in json.loads(ann_file.read_text())["annotations"]}
     by_image = {}
     for a in anns.values():
@@ -187,7 +187,7 @@ def rec_samples(data: Path, split: str, regions: str, layout: str, listing: bool
 def encode(samples: list, tokenizer) -> list:
     """(ids, labels, feature rows) per sample, tokenised and masked by LLaVA's own ``preprocess`` (as
     ``RegionSupervisedDataset`` calls it) in the Vicuna-v1 template (``--version v1``, as the benchmark trains), with
-    region placeholders as in training (:func:`rgpt_llava.train.pretrain_llm.vicuna_v1_ids`)."""
+    region placeholders as in training (:func:`research.pretrain_llm.vicuna_v1_ids`)."""
     enc = []
     for pairs, feats in samples:
         source = [m for q, a in pairs for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
@@ -245,7 +245,7 @@ def accuracy(model, projector, val: list, batch_size: int = 64) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="a folder made by python -m rgpt_llava.data.shapes")
+    ap.add_argument("--data", type=Path, required=True, help="a folder made by python -m rgpt_llava.shapes.generator")
     ap.add_argument("--extra-train", type=Path, nargs="+", default=[], metavar="DIR",
                     help="more generator folders (other seeds) whose training REC turns are added; the held-out "
                          "turns stay --data's")

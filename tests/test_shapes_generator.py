@@ -1,4 +1,4 @@
-"""RegionShapes generator (rgpt_llava.data.shapes): determinism, exact visible masks, sample validity, relations,
+"""RegionShapes generator (rgpt_llava.shapes.generator): determinism, exact visible masks, sample validity, relations,
 REC answers, the evaluation files, bad input. Small outputs only (a few hundred shapes, < 30 s on 2 cores)."""
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rgpt_llava.data import shapes as S
+from rgpt_llava.shapes import generator as S
 from rgpt_llava.data.common import check_sample
 from rgpt_llava.geometry import parse_region
 
@@ -216,7 +216,8 @@ def test_val_eval_files_load_with_the_scorers(ds):
     from rgpt_llava.eval.generate_common import read_question_file
     out = ds["out"]
     inst_path = os.path.join(out, "annotations", "instances_val.json")
-    gt, vocab = coco_cls.load_ground_truth(inst_path)
+    gt, vocab, malformed = coco_cls.load_ground_truth(inst_path)
+    assert malformed == []
     assert len(vocab) == len(S.CATEGORIES) and vocab.lookup("Red Circle.") == S.CATEGORY_ID[("red", "circle")]
     import contextlib
     import io
@@ -270,7 +271,7 @@ def test_non_empty_out_needs_overwrite(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    cmd = [sys.executable, "-m", "rgpt_llava.data.shapes", "--out", str(out), "--n-train", "2", "--seed", "0"]
+    cmd = [sys.executable, "-m", "rgpt_llava.shapes.generator", "--out", str(out), "--n-train", "2", "--seed", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2 and "--overwrite" in r.stderr
     r = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True)

@@ -1,14 +1,14 @@
 """RegionShapes benchmark: a tiny RegionGPT built from scratch and trained end to end on a CPU.
 
-    python -m rgpt_llava.shapes_benchmark --out runs/shapes [--preset demo|ci|full] [--models rgpt,rgpt-none,llava-text]
+    python -m rgpt_llava.shapes.benchmark --out runs/shapes [--preset demo|ci|full] [--models rgpt,rgpt-none,llava-text]
 
 Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md, "Training a tiny RegionGPT"):
 
-1. ``rgpt_llava.data.shapes`` generates the train / val splits.
-2. The vision tower: by default the shipped ``assets/regionshapes_tower`` (a tiny ``CLIPVisionModel`` pretrained with
-   image-level phrases only by ``rgpt_llava.train.pretrain_tower --shapes``; docs/SHAPES.md, "The vision tower"),
+1. ``rgpt_llava.shapes.generator`` generates the train / val splits.
+2. The vision tower: by default the shipped ``shapes/tower`` (a tiny ``CLIPVisionModel`` pretrained with
+   image-level phrases only by ``rgpt_llava.shapes.pretrain_tower --shapes``; docs/SHAPES.md, "The vision tower"),
    frozen like RegionGPT's CLIP; ``--tower random`` or a folder instead. A tiny Vicuna-style Llama with random
-   weights; the tokenizer is the real LLaMA one from ``../shared/assets/llama-tokenizer`` when present.
+   weights; the tokenizer is the real LLaMA one shipped in ``rgpt_llava/assets/llama_tokenizer``.
 3. Optionally (``--tower-seconds``) more image-level pretraining of the tower on the training split, here.
 4. ``rgpt_llava.train.train`` stage 1 (refiner + projector; tower and LLM frozen) then stage 2 (refiner + projector +
    LLM), for each compared model:
@@ -21,6 +21,8 @@ Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md
 import argparse
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,13 +30,15 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from rgpt_llava.constants import STAGE1_FILE
 from rgpt_llava.jsonl import read_resumable_jsonl
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TOKENIZER = ROOT.parent / "shared" / "assets" / "llama-tokenizer"
+from rgpt_llava.assets import LLAMA_TOKENIZER as DEFAULT_TOKENIZER
+
+ROOT = Path(__file__).resolve().parents[2]
 # The "CLIP" of this world: the TOWER below after image-level pretraining only (provenance in its
 # tower_pretraining.json; how it was made and how to remake it: docs/SHAPES.md, "The vision tower").
-PRETRAINED_TOWER = Path(__file__).resolve().parent / "assets" / "regionshapes_tower"
+PRETRAINED_TOWER = Path(__file__).resolve().parent / "tower"
 
 # Budgets, in steps, measured on the 2-core reference machine (README, "Measured results").
 PRESETS = {
@@ -64,15 +68,72 @@ def log(msg: str) -> None:
     print(f"[shapes] {msg}", flush=True)
 
 
+# In a training run's output: tqdm's "12/200 [00:31<08:05" and the Trainer's "{'loss': 2.31, ...}".
+_TQDM = re.compile(r"(\d+)/(\d+) \[([0-9:]+)<([0-9:?]+)")
+_LOSS = re.compile(r"'loss': ([0-9.eE+-]+)")
+
+
+class StageProgress:
+    """One line for a training stage: steps, elapsed, ETA and the last logged loss. Redrawn in place on a terminal,
+    printed at every tenth of the steps otherwise; everything else the run prints goes to its log file only."""
+
+    def __init__(self, what: str, stream=None):
+        self.what, self.stream = what, stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.loss, self.tenths, self.drawn = None, -1, False
+
+    def feed(self, text: str) -> None:
+        losses = _LOSS.findall(text)
+        if losses:
+            self.loss = float(losses[-1])
+        bars = _TQDM.findall(text)
+        if bars:
+            self.show(*bars[-1])
+
+    def show(self, n: str, total: str, elapsed: str, eta: str) -> None:
+        n, total = int(n), int(total)
+        line = f"[shapes] {self.what}: step {n}/{total}, {elapsed} elapsed, ETA {eta}"
+        if self.loss is not None:
+            line += f", loss {self.loss:.3f}"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100))
+            self.drawn = True
+        elif n * 10 // max(total, 1) > self.tenths:
+            self.tenths = n * 10 // max(total, 1)
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def run(cmd: List[str], log_file: Path, what: str) -> float:
-    """Run a project entry point; its progress bar (stderr) shows, its stdout goes to ``log_file``."""
+    """Run a training entry point: its whole output goes to ``log_file``, its progress to :class:`StageProgress`."""
     start = time.monotonic()
+    progress = StageProgress(what)
     with open(log_file, "w") as out:
         out.write(" ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=None if sys.stderr.isatty() else out, cwd=ROOT)
-    if proc.returncode != 0:
-        raise BenchmarkError(f"{what} failed (exit {proc.returncode}); see {log_file}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+        pending = ""
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            text = chunk.decode("utf-8", errors="replace")
+            out.write(text)
+            # feed whole segments (tqdm redraws with \r, the Trainer logs lines); keep a cut one for the next chunk
+            pending += text
+            cut = max(pending.rfind("\r"), pending.rfind("\n"))
+            if cut >= 0:
+                progress.feed(pending[:cut])
+                pending = pending[cut + 1:]
+        rc = proc.wait()
+        progress.close()
+    if rc != 0:
+        raise BenchmarkError(f"{what} failed (exit {rc}); see {log_file}")
     return time.monotonic() - start
 
 
@@ -110,7 +171,7 @@ def prepare(args, out: Path) -> Dict[str, Path]:
             raise BenchmarkError(f"{data} holds RegionShapes made with {made}, not {wanted}; use another --out")
     else:
         log(f"generating RegionShapes: {args.n_train} train + {args.n_val} val images -> {data}")
-        from rgpt_llava.data import shapes
+        from rgpt_llava.shapes import generator as shapes
         rc = shapes.main(["--out", str(data), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
                           "--seed", str(args.seed), "--max-rec", str(args.rec_turns), "--overwrite"])
         if rc:
@@ -133,11 +194,8 @@ def prepare(args, out: Path) -> Dict[str, Path]:
         llm_dir = base / ("llm" + (f"_{args.llm_layers}layers" if args.llm_layers != LLM["num_layers"] else "")
                           + f"_std{args.llm_init_std:g}")
     if not (llm_dir / "config.json").is_file():
-        from rgpt_llava.tiny import build_tiny_llm, train_tiny_tokenizer
-        tok = Path(args.tokenizer) if args.tokenizer else None
-        if tok is None or not (tok / "tokenizer.model").is_file():
-            log(f"no LLaMA tokenizer at {args.tokenizer}: training a small SentencePiece tokenizer instead")
-            tok = Path(train_tiny_tokenizer(base / "tokenizer", vocab_size=1000))
+        from rgpt_llava.tiny import build_tiny_llm
+        tok = Path(args.tokenizer)
         log(f"building a random tiny Llama {llm} (tokenizer {tok})")
         build_tiny_llm(llm_dir, tok, seed=args.seed, **llm)
     tower = base / f"tower_{args.tower_name}"
@@ -155,7 +213,7 @@ def prepare(args, out: Path) -> Dict[str, Path]:
         pretrained = base / f"tower_{args.tower_name}_plus{args.tower_seconds:g}s"
         if not (pretrained / "tower_pretraining.json").is_file():
             log(f"pretraining the tower image-level for {args.tower_seconds:g} s (then it stays frozen)")
-            from rgpt_llava.train import pretrain_tower
+            from rgpt_llava.shapes import pretrain_tower
             summary = pretrain_tower.pretrain(
                 tower, data / "annotations" / "instances_train.json", data, pretrained,
                 val_annotation_file=data / "annotations" / "instances_val.json", max_seconds=args.tower_seconds,
@@ -205,12 +263,12 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
     log(f"{name}: stage 1 ({args.stage1_steps} steps): refiner + projector; tower and LLM frozen")
     t1 = run(entry + train_flags(cfg, args, s1, paths["base"], paths["tower"], data_path, paths["data"],
                                  args.stage1_steps, args.stage1_lr) + ["--tune_mm_mlp_adapter", "True"],
-             mdir / "stage1.log", f"{name} stage 1")
+             mdir / "stage1.log", f"{name}, stage 1")
     log(f"{name}: stage 2 ({args.stage2_steps} steps): refiner + projector + LLM; tower frozen")
     t2 = run(entry + train_flags(cfg, args, final, paths["base"], paths["tower"], data_path, paths["data"],
                                  args.stage2_steps, args.stage2_lr)
-             + ["--pretrain_mm_mlp_adapter", str(s1 / "mm_projector.bin")],
-             mdir / "stage2.log", f"{name} stage 2")
+             + ["--pretrain_mm_mlp_adapter", str(s1 / STAGE1_FILE)],
+             mdir / "stage2.log", f"{name}, stage 2")
     timing = {"stage1_s": round(t1, 1), "stage2_s": round(t2, 1)}
     (mdir / "timing.json").write_text(json.dumps(timing))
     (mdir / "settings.json").write_text(json.dumps(settings))
@@ -411,7 +469,7 @@ def parse_args(argv=None):
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                     help="sizes and budgets: demo (~10 min training per model), full, ci (small, for the test suite)")
     ap.add_argument("--models", default="rgpt", help=f"comma-separated, from {', '.join(MODELS)}; 'all' for every one")
-    ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="LLaMA tokenizer folder (default: shared assets)")
+    ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer of the random tiny Llama (default: the LLaMA tokenizer shipped in rgpt_llava/assets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--n-val", type=int)
@@ -423,7 +481,7 @@ def parse_args(argv=None):
                     help="extra image-level pretraining of the tower on the training split, on this machine")
     ap.add_argument("--llm", default="random",
                     help="base LLM: 'random' (a from-scratch tiny Llama, default) or a LlamaForCausalLM folder with "
-                         "its tokenizer (e.g. one saved by scripts/bench/rec_learnability.py --save)")
+                         "its tokenizer (e.g. one saved by research/rec_learnability.py --save)")
     ap.add_argument("--llm-layers", type=int, help=f"layers of the random tiny Llama (default {LLM['num_layers']})")
     ap.add_argument("--llm-init-std", type=float,
                     help=f"std of the random tiny Llama's weights, its initializer_range (default {LLM['init_std']} "
@@ -485,6 +543,16 @@ def parse_args(argv=None):
                          f"the start")
         args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
         args.llm_name = "custom_" + weights_id(path)
+    if args.llm == "random":
+        tok = Path(args.tokenizer)
+        if tok == DEFAULT_TOKENIZER:
+            from rgpt_llava.assets import MissingAssetError, llama_tokenizer_dir
+            try:
+                llama_tokenizer_dir()
+            except MissingAssetError as e:
+                ap.error(str(e))
+        elif not (tok / "tokenizer.model").is_file():
+            ap.error(f"--tokenizer {args.tokenizer}: no tokenizer.model there (a LLaMA tokenizer folder is needed)")
     if args.tower == "pretrained" and not (PRETRAINED_TOWER / "model.safetensors").is_file():
         ap.error(f"the shipped tower is missing at {PRETRAINED_TOWER}; reinstall, or pass --tower random")
     if args.tower_seconds < 0:

@@ -11,9 +11,9 @@ the scores over the image with log-sum-exp (multiple-instance learning): the ima
 tower must find where. The head is thrown away; the tower is saved with its image processor, ready for
 ``--vision_tower``.
 
-    python -m rgpt_llava.train.pretrain_tower --tower DIR --annotation-file instances_train.json \
+    python -m rgpt_llava.shapes.pretrain_tower --tower DIR --annotation-file instances_train.json \
         --image-folder ROOT --out DIR [--val-annotation-file instances_val.json] [--max-seconds 120]
-    python -m rgpt_llava.train.pretrain_tower --tower DIR --shapes 60000 --out DIR --device cuda --amp \
+    python -m rgpt_llava.shapes.pretrain_tower --tower DIR --shapes 60000 --out DIR --device cuda --amp \
         --probe-images 2000 --max-seconds 240
 
 ``--shapes N`` renders N RegionShapes images in memory (seed stream ``pretrain``, disjoint from the dataset's
@@ -116,14 +116,14 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
 @functools.lru_cache(maxsize=None)
 def _shapes_defaults():
     """The RegionShapes generator's own defaults (shape count, visibility, stripes), so both make the same world."""
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     return shapes.build_parser().parse_args(["--out", "-", "--n-train", "1"])
 
 
 def render_shapes_image(job) -> dict:
     """One RegionShapes image drawn in memory: uint8 ``[3, S, S]`` pixels, its objects' attributes and, per object,
     the fraction of each patch-grid cell covered by its visible mask and by its box (``[k, g, g]``)."""
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     from rgpt_llava.data.common import rng_for
     seed, split, index, side, grid = job
     d = _shapes_defaults()
@@ -161,7 +161,7 @@ def shapes_images(n: int, seed: int, split: str, side: int, grid: int, workers: 
 
 def shapes_coco(rendered: List[dict]) -> dict:
     """The rendered images as a COCO-style dict (ids from 0), so their phrases come from ``image_phrases``."""
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     anns = [dict(o, id=k * 100 + j, image_id=k)
             for k, r in enumerate(rendered) for j, o in enumerate(r["objs"])]
     return {"images": [{"id": k} for k in range(len(rendered))], "categories": shapes.CATEGORIES, "annotations": anns}
@@ -169,7 +169,7 @@ def shapes_coco(rendered: List[dict]) -> dict:
 
 def region_set(rendered: List[dict]) -> Dict[str, torch.Tensor]:
     """Regions of rendered images: image index, mask / box cell weights, category and shape labels."""
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     image, mask_w, box_w, cat, shape = [], [], [], [], []
     for k, r in enumerate(rendered):
         for o in r["objs"]:
@@ -193,7 +193,7 @@ def region_probe(patch_features, train: Tuple[torch.Tensor, dict], val: Tuple[to
                  epochs: int = 300, seed: int = 0) -> Dict[str, float]:
     """Held-out accuracy of a small MLP (one per region kind) on frozen, pooled region features: category (colour x
     shape, 20 classes) and, read off the predicted category, shape alone."""
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     torch.manual_seed(seed)
     feats = []
     for pixels, _ in (train, val):

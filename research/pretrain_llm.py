@@ -23,9 +23,9 @@ word embeddings). The words are common single-token words (ids below ``--max-wor
 (a word and a suffix piece); RegionShapes' words are among them as they are in any LLM's vocabulary, but its
 images, classes and conversations never are.
 
-    python -m rgpt_llava.train.pretrain_llm --out DIR [--steps N | --max-seconds S] [--device cuda --workers 14]
+    python -m research.pretrain_llm --out DIR [--steps N | --max-seconds S] [--device cuda --workers 14]
 
-The result is a ``LlamaForCausalLM`` folder with its tokenizer (``--llm DIR`` of ``rgpt_llava.shapes_benchmark``,
+The result is a ``LlamaForCausalLM`` folder with its tokenizer (``--llm DIR`` of ``rgpt_llava.shapes.benchmark``,
 ``--model_name_or_path`` of training) and ``llm_pretraining.json`` (arguments, the held-out curve).
 """
 import argparse
@@ -295,7 +295,7 @@ def accuracy(model, val: list, image_bank: torch.Tensor, batch_size: int = 64) -
 
 
 def main(argv=None):
-    from rgpt_llava.shapes_benchmark import DEFAULT_TOKENIZER, LLM
+    from rgpt_llava.shapes.benchmark import DEFAULT_TOKENIZER, LLM
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the pretrained Llama and its tokenizer")
     ap.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)

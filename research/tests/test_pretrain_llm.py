@@ -1,4 +1,4 @@
-"""rgpt_llava.train.pretrain_llm: the synthetic conversations say what they claim; the model reads what they mean."""
+"""research.pretrain_llm: the synthetic conversations say what they claim; the model reads what they mean."""
 import json
 import random
 import re
@@ -8,7 +8,7 @@ import torch
 
 from rgpt_llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.data.instructions import load_pools
-from rgpt_llava.train import pretrain_llm as P
+from research import pretrain_llm as P
 
 REC = re.compile(r"(?:<region\d+>(?:, | and )?)+")
 

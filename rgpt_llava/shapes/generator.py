@@ -6,7 +6,7 @@ image's geometry; the image is composited from those masks, so the annotation's 
 pixels. A shape left with less than ``--min-visible`` of its pixels by the shapes above it is dropped (not drawn,
 counted). Classes are ``colour x shape`` (20): the shape is an attribute that a region's average colour cannot tell.
 
-    python -m rgpt_llava.data.shapes --out DIR --n-train 1000 --n-val 200 --seed 0 [--image-size 224 | 320x224]
+    python -m rgpt_llava.shapes.generator --out DIR --n-train 1000 --n-val 200 --seed 0 [--image-size 224 | 320x224]
 
 writes (every path relative to DIR, which is the ``--image_folder`` / ``--image-folder`` of training and eval)::
 
@@ -211,10 +211,6 @@ def encode_mask(mask: np.ndarray) -> Tuple[dict, List[float], int]:
     bbox = [float(v) for v in mask_utils.toBbox(rle)]
     area = int(mask_utils.area(rle))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}, bbox, area
-
-
-def _centre(b: Sequence[float]) -> Tuple[float, float]:
-    return b[0] + b[2] / 2.0, b[1] + b[3] / 2.0
 
 
 def relations(a: dict, b: dict, min_area_ratio: float = 2.0) -> List[str]:
@@ -453,7 +449,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rgpt_llava.data.shapes", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rgpt_llava.shapes.generator", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (also the image folder for training / eval)")
     ap.add_argument("--n-train", type=int, required=True, help="training images (>= 1)")
     ap.add_argument("--n-val", type=int, default=0, help="held-out images (>= 0); the eval files need >= 1")

@@ -1,4 +1,4 @@
-"""scripts/bench/rec_learnability.py: the REC samples it builds are the generator's REC turns, rewritten as asked."""
+"""research/rec_learnability.py: the REC samples it builds are the generator's REC turns, rewritten as asked."""
 import importlib.util
 import json
 import re
@@ -7,14 +7,14 @@ import pytest
 
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("rec_learnability", ROOT / "scripts" / "bench" / "rec_learnability.py")
+spec = importlib.util.spec_from_file_location("rec_learnability", ROOT / "research" / "rec_learnability.py")
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     out = tmp_path_factory.mktemp("shapes")
     assert shapes.main(["--out", str(out), "--n-train", "12", "--n-val", "4", "--seed", "3"]) in (0, None)
     return out
@@ -248,7 +248,7 @@ def test_save_then_init_llm_continues_from_the_saved_weights(data, real_tokenize
 
 
 def test_extra_train_adds_other_folders_turns_and_keeps_the_held_out_split(data, real_tokenizer_dir, tmp_path):
-    from rgpt_llava.data import shapes
+    from rgpt_llava.shapes import generator as shapes
     other = tmp_path / "other"
     assert shapes.main(["--out", str(other), "--n-train", "7", "--n-val", "1", "--seed", "4"]) in (0, None)
     common = ["--data", str(data), "--tokenizer", real_tokenizer_dir, "--steps", "1", "--batch-size", "2",

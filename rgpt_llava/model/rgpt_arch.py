@@ -15,6 +15,7 @@ from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from rgpt_llava.constants import IGNORE_INDEX
 from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool
 from rgpt_llava.model.splice import count_images, embed_text, splice
+from rgpt_llava.model.vision_tower import tower_features
 
 # Settings RGPT adds to a LLaVA config, with their defaults. Every one is saved in config.json.
 RGPT_CONFIG_DEFAULTS = {
@@ -73,8 +74,7 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
 
     def encode_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen tower (layer ``mm_vision_select_layer``) -> refined map [B, C, h, w]."""
-        tower = self.get_vision_tower()
-        feats = tower(images)  # [B, N, C]
+        feats = tower_features(self.get_vision_tower(), images)  # [B, N, C], LLaVA's features without unread layers
         b, n, c = feats.shape
         side = int(round(n ** 0.5))
         if side * side != n:

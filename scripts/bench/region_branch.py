@@ -10,7 +10,7 @@ projector 1024 -> 4096 -> 4096, and the paper's deconvolution refiner (24x24 pat
 model body is tiny (no decoder layer): only the vision side is timed, through the model's own methods:
 
   LLaVA   model.get_model().mm_projector(model.get_vision_tower()(images))     (LLaVA's encode_images)
-  RGPT    model.encode_images_and_regions(images, region_masks)               (tower, refiner, merge, pool, projector)
+  RGPT    model.encode_images_and_regions(images, region_masks)   (tower to layer -2, refiner, merge, pool, projector)
 
 Ratios and targets:
   (a) RGPT with 8 regions / LLaVA                           <= 1.10x
@@ -119,8 +119,10 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
                  + 2 * 2 * n_tok * n_tok * d  # QK^T and attn @ V
                  + 2 * n_tok * d * d        # output projection
                  + 2 * 2 * n_tok * d * dff)  # MLP
-    # CLIPVisionModel runs all layers even though LLaVA selects hidden_states[-2]: the last layer is paid for too.
+    # LLaVA's CLIPVisionModel call runs all layers though it reads hidden_states[-2]; RGPT's tower_features stops
+    # after the layer it reads (rgpt_llava/model/vision_tower.py).
     tower = patch_embed + L * per_layer
+    tower_rgpt = patch_embed + (L - 1) * per_layer
     # Transposed conv, kernel 2 stride 2: every input pixel emits a 2x2 patch of C outputs from its C inputs.
     deconv = sum(2 * (side * 2 ** k) ** 2 * d * d * 4 for k in range(2))
     hw = refined_side * refined_side
@@ -142,6 +144,7 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
     g = 1e-9 * batch
     est = {
         "tower": tower * g,
+        "tower_rgpt": tower_rgpt * g,
         "deconv": deconv * g,
         f"pool_resize_{n_regions}": resize_r * g,
         f"pool_gemm_{n_regions}": gemm_r * g,
@@ -151,7 +154,7 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
 
     def rgpt(r):
         rs, gm = pool(r)
-        return (tower + deconv + rs + gm + projector(side * side + r)) * g
+        return (tower_rgpt + deconv + rs + gm + projector(side * side + r)) * g
 
     est["llava_total"] = (tower + projector(side * side)) * g
     for r in (1, 8, n_regions):
@@ -374,8 +377,8 @@ def main(argv=None):
                   file=out)
     print("", file=out)
     print("analytic GFLOP (from the shapes, batch %d; multiply-add = 2 FLOP):" % args.batch, file=out)
-    print(f"  CLIP tower, all {vis_cfg.num_hidden_layers} layers (LLaVA reads layer -2 but the "
-          f"last one still runs): {est['tower']:.1f}", file=out)
+    print(f"  CLIP tower: LLaVA runs all {vis_cfg.num_hidden_layers} layers (it reads layer -2) {est['tower']:.1f}, "
+          f"RGPT stops after layer -2 {est['tower_rgpt']:.1f}", file=out)
     print(f"  refiner, 2 transposed convs (24->48->96, {vis_cfg.hidden_size} ch): {est['deconv']:.1f}", file=out)
     print(f"  pooling, {R} regions: masks resized {size}->{side} by blockwise area weights "
           f"{est[f'pool_resize_{R}']:.2f} + pooling GEMM {est[f'pool_gemm_{R}']:.1f}", file=out)

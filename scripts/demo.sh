@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The README's first command: a tiny RegionGPT learns region understanding on a CPU, from scratch, offline.
-#   bash scripts/demo.sh            generate RegionShapes, build + train a tiny RGPT (stage 1, stage 2: ~6–8 min on
-#                                   2 cores), evaluate on held-out images, print results and sample dialogues, save
-#                                   a PNG of regions and answers, then ask the trained model through the CLI
+#   bash scripts/demo.sh            generate RegionShapes, build + train a tiny RGPT (stage 1, stage 2), evaluate on
+#                                   held-out images, print results and sample dialogues, save a PNG of regions and
+#                                   answers, then ask the trained model through the CLI (~9 min on 2 cores from a
+#                                   fresh clone, install included)
 #   bash scripts/demo.sh --all      the comparison table: + refinement none + plain LLaVA with text boxes (~3x longer)
-#   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~19–27 min of training on 2 cores;
-#                                   reaches the classification target, README "Measured results"); combines with --all
-# Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400).
-# Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>), RGPT_DEMO_PRESET (demo | full | ci).
+#   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~20 min of training on 2 cores;
+#                                   reaches the classification target, docs/SHAPES.md "Results"); combines with --all
+# Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400, --n-val 300).
+# Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>[_all]), RGPT_DEMO_PRESET (demo | full | ci).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install.sh
@@ -21,8 +22,10 @@ for a in "$@"; do
     *) args+=("$a") ;;
   esac
 done
-# each preset keeps its own folder: its data and models are reused by a rerun, never mixed with another preset's
-OUT=${RGPT_DEMO_DIR:-outputs/shapes_$preset}
+# each preset (and the comparison) keeps its own folder: a rerun reuses its data and models, never another run's
+suffix=""
+if [ "$models" = all ]; then suffix=_all; fi
+OUT=${RGPT_DEMO_DIR:-outputs/shapes_$preset$suffix}
 python -m rgpt_llava.shapes.benchmark --out "$OUT" --preset "$preset" --models "$models" \
   ${args[@]+"${args[@]}"}
 

@@ -232,3 +232,17 @@ def test_run_logs_everything_and_names_a_failure(tmp_path):
         SB.run([sys.executable, "-c", code], tmp_path / "run.log", "demo step")
     logged = (tmp_path / "run.log").read_text()
     assert "noise" in logged and "2/2 [00:02<00:00]" in logged
+
+
+def test_stage_progress_redraws_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    progress = SB.StageProgress("rgpt, stage 1", stream=out)
+    for n in range(4):
+        progress.feed(f"\r{n}/3 [00:0{n}<00:0{3 - n}]")
+    progress.close()
+    text = out.getvalue()
+    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    assert text.rstrip().endswith("[shapes] rgpt, stage 1: step 3/3, 00:03 elapsed, ETA 00:00")

@@ -301,6 +301,31 @@ def _polygon_region(polys: Any, index: int, image_size: tuple, source: str) -> R
     return _values_region(arr, "polygon", index, image_size, source, "polygon")
 
 
+def compressed_rle_counts(s: bytes) -> List[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``, in Python): checked here
+    because pycocotools decodes without bounds checks, and a string whose runs overflow the mask corrupts memory."""
+    counts, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s):
+                raise ValueError("truncated compressed RLE string")
+            c = s[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"byte {s[p]!r} at position {p} is not a compressed RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            raise ValueError(f"compressed RLE run {len(counts)} is negative ({x})")
+        counts.append(x)
+    return counts
+
+
 def _rle_region(rle: Any, index: int, image_size: tuple, source: str) -> Region:
     """COCO RLE dict ``{'size': [h, w], 'counts': bytes | str | list}``, or a path to a JSON file holding one."""
     from pycocotools import mask as mask_utils
@@ -334,7 +359,14 @@ def _rle_region(rle: Any, index: int, image_size: tuple, source: str) -> Region:
                              f"{height * width}, got sum {sum(counts)}")
         coded = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     elif isinstance(counts, (bytes, str)):
-        coded = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        try:
+            raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+            runs = compressed_rle_counts(raw)
+        except (UnicodeEncodeError, ValueError) as e:
+            raise ValueError(f"{name}: cannot decode RLE: {e}") from None
+        if sum(runs) != height * width:
+            raise ValueError(f"{name}: compressed RLE counts sum to {sum(runs)}, not h*w = {height * width}")
+        coded = {"size": [height, width], "counts": raw}
     else:
         raise ValueError(f"{name}: RLE 'counts' must be a string/bytes (compressed) or a list of ints, "
                          f"got {type(counts).__name__}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rgpt_llava import generation
 from rgpt_llava.eval import generate_common as G
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,8 +208,8 @@ def test_fast_path_equals_naive(loaded, images_dir):
         boxes = [{"bbox": [w * 0.1 * (i % 5) + j * 20, h * 0.1, w * 0.3, h * 0.4]} for j in range(n)]
         prompts.append(G.tokenize(tok, G.conv_prompt([(q, None)])))
         masks.append(G.region_masks(boxes, img, ip, model, "t") if n else None)
-    fast = G.generate_same_image(model, x, prompts, masks, 12, tok.eos_token_id, batch_size=8)
-    naive = [G.generate_naive(model, tok, [x], [p], [m], 12)[0] for p, m in zip(prompts, masks)]
+    fast = generation.generate_same_image(model, x, prompts, masks, 12, tok.eos_token_id, batch_size=8)
+    naive = [generation.generate_naive(model, tok, [x], [p], [m], 12)[0] for p, m in zip(prompts, masks)]
     assert fast == naive
     assert len({tuple(f) for f in fast}) > 1
 
@@ -224,7 +225,7 @@ def test_rank_scores_match_naive(loaded, images_dir):
     names = ["cat", "cup", "rocket ship", "dining table"]
     cands = [answer_ids(tok, prompt, n) for n in names]
     masks = [G.region_masks([{"bbox": [20 + 40 * r, 30, 120, 90]}], img, ip, model, "t") for r in range(2)]
-    fast = G.score_candidates(model, x, [pid, pid], masks, cands, chunk=3)
+    fast = generation.score_candidates(model, x, [pid, pid], masks, cands, chunk=3)
     probs = torch.softmax(fast, 1)
     assert torch.allclose(probs.sum(1), torch.ones(2, dtype=probs.dtype))
     naive = torch.zeros_like(fast)

@@ -24,7 +24,8 @@ def layer_calls(tower):
 
 
 @pytest.mark.parametrize("select_layer,select_feature,runs", [
-    (-2, "patch", [0, 1]), (-1, "patch", [0, 1, 2]), (-4, "patch", []), (1, "cls_patch", [0]), (-2, "cls_patch", [0, 1]),
+    (-2, "patch", [0, 1]), (-1, "patch", [0, 1, 2]), (-4, "patch", []), (1, "cls_patch", [0]),
+    (-2, "cls_patch", [0, 1]),
 ])
 def test_tiny_tower_features_are_llavas_without_the_unread_layers(tmp_path, select_layer, select_feature, runs):
     tower = llava_tower(build_tiny_clip(tmp_path / "clip", num_layers=3), select_layer, select_feature)

@@ -15,7 +15,7 @@ import posixpath
 import random
 import sys
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.geometry import BOX_TOLERANCE_PX
 from rgpt_llava.mm_utils import check_region_references, region_references

@@ -4,12 +4,10 @@
 * LLaVA's sharding (``--num-chunks N --chunk-idx K``: :func:`get_chunk`, as ``llava/eval/model_vqa_loader.py``);
 * a resumable JSONL answers writer (:class:`AnswerWriter`): ids already in the file are skipped, every answer is
   flushed as soon as it is written, a line cut by a crash at the end of the file is dropped and regenerated;
-* prompts with ``conv_templates[--conv-mode]`` (default ``vicuna_v1``);
-* FAST inference for many prompts on one image (:func:`generate_same_image`): the image (and every region of every
-  prompt) is encoded ONCE, the prompt prefix shared by all prompts (up to the first region placeholder or the first
-  differing token) runs ONCE and its KV cache is expanded along the batch for all suffixes, then greedy decoding runs
-  batched. :func:`score_candidates` reuses the same cache to score answer candidates (ranking).
-* the naive reference path (:func:`generate_naive`): ``model.generate`` on full prompts, batched with left padding.
+* prompts with ``conv_templates[--conv-mode]`` (default ``vicuna_v1``).
+
+The generation itself -- the image encoded once, the shared prefix's KV cache reused, the prompts decoded as a batch
+-- is :mod:`rgpt_llava.generation`, which the CLI and the servers use too.
 """
 from __future__ import annotations
 
@@ -23,11 +21,9 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from rgpt_llava.constants import REGION_TOKEN_INDEX
 from rgpt_llava.eval.common import EvalInputError, id_key
-from rgpt_llava.model.splice import count_images, embed_text, splice
-from rgpt_llava.progress import iter_progress
 from rgpt_llava.jsonl import read_resumable_jsonl
+from rgpt_llava.progress import iter_progress
 
 DEFAULT_CONV_MODE = "vicuna_v1"
 
@@ -271,204 +267,6 @@ def by_image(items: Iterable[dict], key, desc: str):
 
 def decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-
-def cut_at_eos(ids: Sequence[int], eos: int) -> List[int]:
-    ids = [int(t) for t in ids]
-    return ids[:ids.index(eos)] if eos in ids else ids
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# the FAST path: one image, many prompts, shared prefix KV cache
-# ---------------------------------------------------------------------------------------------------------------------
-def _embed(model, ids: Sequence[int], image_tokens: Optional[torch.Tensor], regions: Optional[torch.Tensor]):
-    """Embeddings of ``ids`` with the image tokens at the image sentinel and region k's token at its sentinels
-    (:func:`rgpt_llava.model.splice.splice`, the model's own splice)."""
-    t = torch.tensor(list(ids), dtype=torch.long, device=model.device)
-    emb = embed_text(model.get_model().embed_tokens, t)
-    images = [] if image_tokens is None else [image_tokens] * count_images(t)
-    return splice(t, emb, images, regions)[0]
-
-
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs) - 1          # every suffix keeps at least one token
-    first = seqs[0]
-    i = 0
-    while i < n and first[i] > REGION_TOKEN_INDEX and all(s[i] == first[i] for s in seqs[1:]):
-        i += 1
-    return i
-
-
-def _expand_cache(past, batch: int, rows: Optional[torch.Tensor] = None):
-    if rows is not None:
-        return tuple((k[rows], v[rows]) for k, v in past)
-    return tuple((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past)
-
-
-def _lm_step(model, embeds, attention, positions, past):
-    # The cache is handled here as legacy (key, value) tuples, which are easy to slice and expand along the batch;
-    # transformers >= 4.5x only accepts Cache objects, so convert at the model boundary (DynamicCache exists since
-    # 4.36 and round-trips exactly).
-    if isinstance(past, tuple):
-        from transformers import DynamicCache
-        past = DynamicCache.from_legacy_cache(past)
-    out = model.get_model()(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                            past_key_values=past, use_cache=True, return_dict=True)
-    logits = model.lm_head(out.last_hidden_state).float()
-    new_past = out.past_key_values
-    if hasattr(new_past, "to_legacy_cache"):
-        new_past = new_past.to_legacy_cache()
-    return logits, new_past
-
-
-class SharedPrefix:
-    """One image and a batch of prompts on it, prefilled with the prefix run once (see :func:`prefill`)."""
-
-    def __init__(self, past, attention, next_pos, last_logits):
-        self.past, self.attention, self.next_pos, self.last_logits = past, attention, next_pos, last_logits
-
-
-@torch.no_grad()
-def prefill(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
-            masks: Optional[Sequence[Optional[torch.Tensor]]] = None) -> SharedPrefix:
-    """Encode ``image`` and all regions once, run the shared prefix once, the suffixes as one batch on its
-    expanded KV cache (left-padded between prefix and suffix; explicit positions)."""
-    b = len(prompts_ids)
-    masks = list(masks) if masks is not None else [None] * b
-    image_tokens, region_tokens = None, [None] * b
-    if image is not None:
-        counts = [0 if m is None else int(m.shape[0]) for m in masks]
-        all_masks = [m for m in masks if m is not None and m.shape[0]]
-        cat = torch.cat(all_masks) if all_masks else None
-        img_tok, reg_tok = model.encode_images_and_regions(image[None], [cat])
-        image_tokens = img_tok[0]
-        split = list(torch.split(reg_tok[0], counts)) if sum(counts) else [None] * b
-        region_tokens = [s if c else None for s, c in zip(split, counts)]
-    n = _common_prefix(prompts_ids)
-    prefix = _embed(model, prompts_ids[0][:n], image_tokens, None)[None]
-    p = prefix.shape[1]
-    dev = prefix.device
-    past = None
-    if p:
-        _, past = _lm_step(model, prefix, torch.ones(1, p, dtype=torch.long, device=dev),
-                           torch.arange(p, device=dev)[None], None)
-    suffixes = [_embed(model, ids[n:], image_tokens, region_tokens[i]) for i, ids in enumerate(prompts_ids)]
-    s = max(x.shape[0] for x in suffixes)
-    emb = prefix.new_zeros(b, s, prefix.shape[-1])
-    attention = torch.zeros(b, p + s, dtype=torch.long, device=dev)
-    attention[:, :p] = 1
-    positions = torch.zeros(b, s, dtype=torch.long, device=dev)
-    for i, x in enumerate(suffixes):
-        emb[i, s - x.shape[0]:] = x
-        attention[i, p + s - x.shape[0]:] = 1
-        positions[i, s - x.shape[0]:] = torch.arange(p, p + x.shape[0], device=dev)
-    past_b = _expand_cache(past, b) if past is not None else None
-    logits, past = _lm_step(model, emb, attention, positions, past_b)
-    next_pos = torch.tensor([p + x.shape[0] for x in suffixes], device=dev)
-    return SharedPrefix(past, attention, next_pos, logits[:, -1])
-
-
-@torch.no_grad()
-def greedy_from(model, state: SharedPrefix, max_new_tokens: int, eos_token_id: int) -> List[List[int]]:
-    """Greedy decoding (as ``generate(do_sample=False)``) from a prefilled batch; tokens up to (excluding) EOS."""
-    b = state.last_logits.shape[0]
-    out = [[] for _ in range(b)]
-    finished = torch.zeros(b, dtype=torch.bool, device=state.last_logits.device)
-    logits, past, attention, pos = state.last_logits, state.past, state.attention, state.next_pos.clone()
-    for step in range(max_new_tokens):
-        nxt = logits.argmax(-1)
-        for i in range(b):
-            if not finished[i]:
-                out[i].append(int(nxt[i]))
-        finished |= nxt == eos_token_id
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        attention = torch.cat([attention, attention.new_ones(b, 1)], dim=1)
-        emb = model.get_model().embed_tokens(nxt[:, None])
-        step_logits, past = _lm_step(model, emb, attention, pos[:, None], past)
-        logits = step_logits[:, -1]
-        pos = pos + 1
-    return [cut_at_eos(o, eos_token_id) for o in out]
-
-
-def generate_same_image(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
-                        masks: Optional[Sequence[Optional[torch.Tensor]]] = None, max_new_tokens: int = 32,
-                        eos_token_id: int = 2, batch_size: int = 16) -> List[List[int]]:
-    """FAST greedy answers (token ids, EOS cut) of several prompts on the same image, ``batch_size`` at a time."""
-    masks = list(masks) if masks is not None else [None] * len(prompts_ids)
-    out = []
-    for i in range(0, len(prompts_ids), batch_size):
-        st = prefill(model, image, prompts_ids[i:i + batch_size], masks[i:i + batch_size])
-        out += greedy_from(model, st, max_new_tokens, eos_token_id)
-    return out
-
-
-@torch.no_grad()
-def score_candidates(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
-                     masks: Optional[Sequence[Optional[torch.Tensor]]], candidates: Sequence[Sequence[int]],
-                     chunk: int = 64) -> torch.Tensor:
-    """``[len(prompts), len(candidates)]`` summed log-probabilities of each candidate continuation (token ids)
-    after each prompt: the prefilled cache of each prompt is expanded over the candidates, ``chunk`` at a time."""
-    st = prefill(model, image, prompts_ids, masks)
-    first_lp = torch.log_softmax(st.last_logits, -1)            # predicts each candidate's first token
-    dev = first_lp.device
-    res = torch.zeros(len(prompts_ids), len(candidates), dtype=torch.float64)
-    for r in range(len(prompts_ids)):
-        for c0 in range(0, len(candidates), chunk):
-            cands = candidates[c0:c0 + chunk]
-            m = len(cands)
-            first = torch.tensor([c[0] for c in cands], device=dev)
-            total = first_lp[r, first].double()
-            longest = max(len(c) for c in cands)
-            if longest > 1:
-                ids = torch.zeros(m, longest - 1, dtype=torch.long, device=dev)
-                valid = torch.zeros(m, longest - 1, dtype=torch.bool, device=dev)
-                for j, c in enumerate(cands):
-                    ids[j, :len(c) - 1] = torch.tensor(c[:-1], device=dev)
-                    valid[j, :len(c) - 1] = True
-                att = torch.cat([st.attention[r:r + 1].expand(m, -1), valid.long()], dim=1)
-                pos = st.next_pos[r] + torch.arange(longest - 1, device=dev)[None].expand(m, -1)
-                past = tuple((k[r:r + 1].expand(m, -1, -1, -1), v[r:r + 1].expand(m, -1, -1, -1))
-                             for k, v in st.past)
-                logits, _ = _lm_step(model, model.get_model().embed_tokens(ids), att, pos, past)
-                lp = torch.log_softmax(logits, -1)
-                target = torch.zeros_like(ids)
-                for j, c in enumerate(cands):
-                    target[j, :len(c) - 1] = torch.tensor(c[1:], device=dev)
-                tok = lp.gather(-1, target[..., None])[..., 0].double()
-                total = total + (tok * valid).sum(1)
-            res[r, c0:c0 + m] = total.cpu()
-    return res
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# the naive reference path
-# ---------------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def generate_naive(model, tokenizer, images: Optional[Sequence[torch.Tensor]], prompts_ids: Sequence[Sequence[int]],
-                   masks: Optional[Sequence[Optional[torch.Tensor]]] = None, max_new_tokens: int = 32) -> List[List[int]]:
-    """``model.generate(do_sample=False)`` on full prompts as one left-padded batch (images re-encoded per prompt)."""
-    b = len(prompts_ids)
-    n = max(len(p) for p in prompts_ids)
-    ids = torch.zeros(b, n, dtype=torch.long)
-    att = torch.zeros(b, n, dtype=torch.long)
-    for i, p in enumerate(prompts_ids):
-        ids[i, n - len(p):] = torch.tensor(p)
-        att[i, n - len(p):] = 1
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    kw = {}
-    if images is not None:
-        kw["images"] = torch.stack(list(images))
-        kw["region_masks"] = list(masks) if masks is not None else None
-    out = model.generate(ids.to(model.device), attention_mask=att.to(model.device), do_sample=False,
-                         num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                         use_cache=True, return_dict_in_generate=True, output_scores=True, **kw)
-    # transformers 4.37 starts the output of an inputs_embeds generation with the BOS it initialises, later versions
-    # return only new tokens: what precedes the len(scores) generated steps is not an answer.
-    seqs = out.sequences
-    start = seqs.shape[1] - len(out.scores)
-    return [cut_at_eos(o.tolist()[start:], eos) for o in seqs]
 
 
 def run_main(main, argv=None) -> int:

@@ -9,6 +9,7 @@ segmentation when given, else the box. Answers: ``{"question_id", "text", "image
 """
 import argparse
 
+from rgpt_llava import generation
 from rgpt_llava.eval import generate_common as G
 
 DEFAULT_PROMPT = "Provide a brief caption for the area indicated by <region1>."   # Table 21, first prompt
@@ -46,7 +47,7 @@ def main(argv=None):
             inputs = [G.region_inputs(args, tokenizer, model, ip, prompt,
                                       [{"bbox": q["bbox"]} if args.regions_as_text and "bbox" in q else region_of(q)],
                                       img, q["_where"]) for q in todo]
-            outs = G.generate_same_image(model, x, [ids for ids, _ in inputs], [m for _, m in inputs],
+            outs = generation.generate_same_image(model, x, [ids for ids, _ in inputs], [m for _, m in inputs],
                                          args.max_new_tokens,
                                          tokenizer.eos_token_id, args.batch_size)
             for q, o in zip(todo, outs):

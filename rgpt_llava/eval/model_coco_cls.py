@@ -12,6 +12,7 @@ import re
 import torch
 
 from rgpt_llava.data.instructions import category_suffix
+from rgpt_llava import generation
 from rgpt_llava.eval import generate_common as G
 
 QUESTION = "What category name best describes the region represented by {region}?"
@@ -100,11 +101,11 @@ def main(argv=None):
                 if args.naive:
                     outs = []
                     for i in range(0, len(todo), args.batch_size):
-                        outs += G.generate_naive(model, tokenizer, [x] * len(prompts[i:i + args.batch_size]),
+                        outs += generation.generate_naive(model, tokenizer, [x] * len(prompts[i:i + args.batch_size]),
                                                  prompts[i:i + args.batch_size], masks[i:i + args.batch_size],
                                                  args.max_new_tokens)
                 else:
-                    outs = G.generate_same_image(model, x, prompts, masks, args.max_new_tokens, eos, args.batch_size)
+                    outs = generation.generate_same_image(model, x, prompts, masks, args.max_new_tokens, eos, args.batch_size)
                 texts = [G.decode(tokenizer, o) for o in outs]
             else:
                 if args.mode == "multi_turn":
@@ -115,7 +116,7 @@ def main(argv=None):
                         turns.append((question(f"<region{k + 1}>", args.vocab_name), None))
                         ids = G.tokenize(tokenizer, G.region_prompt(args, model, G.conv_prompt(turns, args.conv_mode),
                                                                     todo, img, where))
-                        out = G.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
+                        out = generation.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
                         texts.append(G.decode(tokenizer, out))
                         turns[-1] = (turns[-1][0], texts[-1])
                 else:
@@ -123,7 +124,7 @@ def main(argv=None):
                         args, tokenizer, model, ip,
                         G.conv_prompt([(all_question(len(todo), args.vocab_name), None)], args.conv_mode), todo,
                         img, todo[0]["_where"])
-                    out = G.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
+                    out = generation.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
                     raw = G.decode(tokenizer, out)
                     texts = parse_all(raw, len(todo))
             scores = None
@@ -134,7 +135,7 @@ def main(argv=None):
                 inputs = [G.region_inputs(args, tokenizer, model, ip, prompt, [a], img, a["_where"]) for a in todo]
                 pids = [ids for ids, _ in inputs]
                 rmasks = [m for _, m in inputs]
-                lp = torch.cat([G.score_candidates(model, x, pids[i:i + args.batch_size],
+                lp = torch.cat([generation.score_candidates(model, x, pids[i:i + args.batch_size],
                                                    rmasks[i:i + args.batch_size], name_ids, args.rank_chunk)
                                 for i in range(0, len(todo), args.batch_size)])
                 scores = torch.softmax(lp, dim=1)

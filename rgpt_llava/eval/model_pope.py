@@ -9,6 +9,7 @@ it). Answers: ``{"question_id", "prompt", "text", "category"?}``.
 """
 import argparse
 
+from rgpt_llava import generation
 from rgpt_llava.eval import generate_common as G
 
 SINGLE_WORD = "Answer the question using a single word or phrase."
@@ -38,7 +39,7 @@ def main(argv=None):
             x = G.image_tensor(model, ip, img)
             texts = [q["text"] if args.no_single_word else q["text"] + "\n" + SINGLE_WORD for q in todo]
             prompts = [G.tokenize(tokenizer, G.conv_prompt([(t, None)], args.conv_mode)) for t in texts]
-            outs = G.generate_same_image(model, x, prompts, None, args.max_new_tokens, tokenizer.eos_token_id,
+            outs = generation.generate_same_image(model, x, prompts, None, args.max_new_tokens, tokenizer.eos_token_id,
                                          args.batch_size)
             for q, t, o in zip(todo, texts, outs):
                 rec = {"question_id": q["question_id"], "prompt": t, "text": G.decode(tokenizer, o)}

@@ -9,6 +9,7 @@ Answers: ``{"question_id", "text": "Region [x]", "candidates", "gt_bbox"}`` (sel
 import argparse
 
 from rgpt_llava.data.instructions import rec_suffix, region_list, region_placeholder
+from rgpt_llava import generation
 from rgpt_llava.eval import generate_common as G
 
 
@@ -46,7 +47,7 @@ def main(argv=None):
                                       [{"bbox": c} for c in q["candidates"]], img, q["_where"]) for q in todo]
             prompts = [ids for ids, _ in inputs]
             masks = [m for _, m in inputs]
-            outs = G.generate_same_image(model, x, prompts, masks, args.max_new_tokens, tokenizer.eos_token_id,
+            outs = generation.generate_same_image(model, x, prompts, masks, args.max_new_tokens, tokenizer.eos_token_id,
                                          args.batch_size)
             for q, o in zip(todo, outs):
                 rec = {"question_id": q["question_id"], "text": G.decode(tokenizer, o),

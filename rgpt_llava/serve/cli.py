@@ -11,24 +11,15 @@ import argparse
 import sys
 
 import torch
-from PIL import Image
 
 from llava.conversation import conv_templates
-from llava.mm_utils import process_images
 
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN
-from rgpt_llava.geometry import parse_region, process_regions
-from rgpt_llava.mm_utils import check_region_references, tokenizer_region_token
-from rgpt_llava.model.builder import CheckpointError, load_pretrained_model
-
-
-def load_image(path: str) -> Image.Image:
-    try:
-        return Image.open(path).convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--image-file {path}: no such file") from None
-    except OSError as e:
-        raise ValueError(f"--image-file {path}: not a readable image ({e})") from None
+from rgpt_llava.geometry import parse_region
+from rgpt_llava.mm_utils import check_region_references
+from rgpt_llava.model.builder import CheckpointError
+from rgpt_llava.serve.engine import RegionEngine, Sampling
+from rgpt_llava.serve.inputs import InputError, load_image_file
 
 
 def describe_regions(regions):
@@ -40,44 +31,31 @@ def describe_regions(regions):
 
 
 class RegionChat:
-    """One image, its regions and a conversation; ``ask`` adds a turn and returns the answer."""
+    """One image, its regions and a conversation; ``ask`` adds a turn and returns the answer (through the serving
+    engine, :class:`rgpt_llava.serve.engine.RegionEngine`)."""
 
-    def __init__(self, tokenizer, model, image_processor, image, regions, conv_mode="vicuna_v1",
-                 temperature=0.2, max_new_tokens=512):
+    def __init__(self, engine: RegionEngine, image, regions, conv_mode="vicuna_v1", temperature=0.2,
+                 max_new_tokens=512, seed=None):
         if conv_mode not in conv_templates:
             raise ValueError(f"--conv-mode {conv_mode!r} is unknown; choose one of {sorted(conv_templates)}")
-        self.tokenizer, self.model = tokenizer, model
+        self.engine, self.image, self.regions = engine, image, list(regions)
         self.conv = conv_templates[conv_mode].copy()
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        aspect = getattr(model.config, "image_aspect_ratio", "pad")
-        dtype = next(model.get_model().mm_projector.parameters()).dtype
-        self.image_tensor = process_images([image], image_processor, model.config).to(model.device, dtype=dtype)
-        self.image_size = image.size
-        self.region_masks = process_regions(regions, image.size, image_processor, aspect).to(model.device)
-        self.num_regions = len(regions)
+        self.sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         self.first = True
 
     def ask(self, message: str, require_all_regions: bool = False) -> str:
-        if self.first:
-            if DEFAULT_IMAGE_TOKEN not in message:
-                message = DEFAULT_IMAGE_TOKEN + "\n" + message
-            self.first = False
+        if self.first and DEFAULT_IMAGE_TOKEN not in message:
+            message = DEFAULT_IMAGE_TOKEN + "\n" + message
         self.conv.append_message(self.conv.roles[0], message)
         self.conv.append_message(self.conv.roles[1], None)
-        prompt = self.conv.get_prompt()
         try:
-            check_region_references(prompt, self.num_regions, require_all=require_all_regions)
-        except ValueError:
+            job = self.engine.prepare(self.image, [(self.conv.get_prompt(), self.regions)], self.sampling,
+                                      require_all_regions=require_all_regions)
+            answer = self.engine.answer(job)[0].strip()
+        except InputError:
             self.conv.messages = self.conv.messages[:-2]
             raise
-        input_ids = tokenizer_region_token(prompt, self.tokenizer, return_tensors="pt").unsqueeze(0)
-        sampling = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else \
-            dict(do_sample=False)
-        with torch.inference_mode():
-            output_ids = self.model.generate(
-                input_ids.to(self.model.device), images=self.image_tensor, image_sizes=[self.image_size],
-                region_masks=[self.region_masks], max_new_tokens=self.max_new_tokens, use_cache=True, **sampling)
-        answer = self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+        self.first = False
         self.conv.messages[-1][-1] = answer
         return answer
 
@@ -94,6 +72,7 @@ def build_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature > 0)")
     p.add_argument("--load-8bit", action="store_true")
     p.add_argument("--load-4bit", action="store_true")
     return p
@@ -102,16 +81,14 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        image = load_image(args.image_file)
+        # EXIF orientation applied: a region drawn on a phone photo lands where the viewer showed it.
+        image = load_image_file(args.image_file).convert("RGB")
         # Parse regions before loading the model: bad input fails in a second, not after minutes of loading.
         regions = [parse_region(spec, i, image.size) for i, spec in enumerate(args.region)]
         if args.query is not None:
             check_region_references(args.query, len(regions), require_all=True)
-        tokenizer, model, image_processor, _ = load_pretrained_model(
-            args.model_path, args.model_base, None, load_8bit=args.load_8bit, load_4bit=args.load_4bit,
-            device=args.device)
-        chat = RegionChat(tokenizer, model, image_processor, image, regions, args.conv_mode, args.temperature,
-                          args.max_new_tokens)
+        engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit)
+        chat = RegionChat(engine, image, regions, args.conv_mode, args.temperature, args.max_new_tokens, args.seed)
     except (ValueError, FileNotFoundError, CheckpointError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -470,10 +470,11 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="work folder (data, models, results); reruns reuse what is there")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                    help="sizes and budgets: demo (~7 min of training and evaluation on 2 cores), full (~20 min), ci (small, "
-                         "for the test suite)")
+                    help="sizes and budgets: demo (~7 min of training and evaluation on 2 cores), full (~20 min), "
+                         "ci (small, for the test suite)")
     ap.add_argument("--models", default="rgpt", help=f"comma-separated, from {', '.join(MODELS)}; 'all' for every one")
-    ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer of the random tiny Llama (default: the LLaMA tokenizer shipped in rgpt_llava/assets)")
+    ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
+                    help="tokenizer of the random tiny Llama (default: the LLaMA tokenizer shipped in rgpt_llava/assets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int)
     ap.add_argument("--n-val", type=int)

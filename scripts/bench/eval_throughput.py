@@ -47,6 +47,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     from PIL import Image
+    from rgpt_llava import generation
     from rgpt_llava.eval import generate_common as G
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model_path or build(tmp, args.big)
@@ -66,7 +67,7 @@ def main():
         def fast():
             x = G.image_tensor(model, ip, img)
             masks = [G.region_masks([{"bbox": b}], img, ip, model, "bench") for b in boxes]
-            return G.generate_same_image(model, x, [prompt] * len(boxes), masks, args.max_new_tokens,
+            return generation.generate_same_image(model, x, [prompt] * len(boxes), masks, args.max_new_tokens,
                                          tok.eos_token_id, args.batch_size)
 
         def naive():
@@ -74,7 +75,7 @@ def main():
             for b in boxes:
                 x = G.image_tensor(model, ip, img)
                 m = G.region_masks([{"bbox": b}], img, ip, model, "bench")
-                out += G.generate_naive(model, tok, [x], [prompt], [m], args.max_new_tokens)
+                out += generation.generate_naive(model, tok, [x], [prompt], [m], args.max_new_tokens)
             return out
 
         fast()  # warm-up

@@ -1,0 +1,230 @@
+"""The one generation core of the interactive entry points: the CLI's chat, the model worker, the OpenAI-style API
+and the web page all answer through :class:`RegionEngine`.
+
+A request is checked completely by :meth:`RegionEngine.prepare` (image, regions, placeholders, context length) before
+anything is generated, so a server can answer a bad one with a 4xx instead of a broken stream. :meth:`generate` then
+runs :mod:`rgpt_llava.generation`: the image and every region encoded once, the prompts' shared prefix run once, the
+prompts (several choices, or one question per region) decoded as one batch with temperature / top-p / seed, stop
+strings and EOS, streamed as text deltas. Stopping the iteration (a client gone) stops the computation.
+"""
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+
+from rgpt_llava import generation
+from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from rgpt_llava.geometry import Region, process_regions
+from rgpt_llava.mm_utils import check_region_references, tokenizer_region_token
+from rgpt_llava.serve.inputs import MAX_REGIONS, InputError
+
+
+def model_name_of(model_path: str) -> str:
+    """The name a served model is listed and asked for by (LLaVA's rule: the folder's name, ``parent_checkpoint-N``
+    for an intermediate checkpoint). Only a label: what the model is comes from its config.json."""
+    parts = [p for p in model_path.replace("\\", "/").split("/") if p]
+    if not parts:
+        return "rgpt"
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+@dataclass
+class Sampling:
+    """LLaVA's generation parameters (its worker's names), a seed, and ``ignore_eos`` (vLLM's name: answers of exactly
+    ``max_new_tokens`` tokens, for benchmarks and tests that need a known length)."""
+    temperature: float = 0.2
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: Tuple[str, ...] = ()
+    seed: Optional[int] = None
+    ignore_eos: bool = False
+
+    def sampler(self) -> generation.Sampler:
+        return generation.Sampler(self.temperature, self.top_p, self.seed)
+
+
+@dataclass
+class Job:
+    """A checked request: prompts (token ids with sentinels) on one image, each with its region masks."""
+    image: Optional[torch.Tensor]
+    prompts: List[List[int]]
+    masks: List[Optional[torch.Tensor]]
+    prompt_tokens: List[int]             # each prompt's length as the LLM sees it (image tokens included)
+    max_new_tokens: int                  # the request's, cut to what the context leaves
+    sampling: Sampling
+
+
+@dataclass
+class Delta:
+    """New text of one choice (prompt row); ``finish_reason`` "stop" (EOS or a stop string) or "length" at its end;
+    ``completion_tokens``: tokens generated for it so far (its EOS included)."""
+    index: int
+    text: str
+    finish_reason: Optional[str] = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Row:
+    """One choice's tokens and the text already sent; holds back a tail that may be the start of a stop string."""
+    tokenizer: object
+    stops: Tuple[str, ...]
+    tokens: List[int] = field(default_factory=list)
+    sent: int = 0
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def push(self, token: int, eos: int) -> Tuple[str, Optional[str]]:
+        if token == eos:
+            return self.flush(), "stop"
+        self.tokens.append(token)
+        text = self.text()
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            delta, self.sent = text[self.sent:cut], cut
+            return delta, "stop"
+        safe = len(text) - self._held(text)
+        delta = text[self.sent:safe] if safe > self.sent else ""
+        self.sent = max(self.sent, safe)
+        return delta, None
+
+    def _held(self, text: str) -> int:
+        """Characters at the end to hold back: an incomplete UTF-8 character (byte-fallback pieces decode to one
+        U+FFFD per byte until the character is complete), or the longest tail that a stop string starts with."""
+        partial = len(text) - len(text.rstrip("\ufffd"))
+        stop = max((n for s in self.stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+                   default=0)
+        return max(partial, stop)
+
+    def flush(self) -> str:
+        text = self.text()
+        delta, self.sent = text[self.sent:], len(text)
+        return delta
+
+
+class RegionEngine:
+    """A loaded model with its tokenizer and image processor (``load_pretrained_model``'s four values)."""
+
+    def __init__(self, tokenizer, model, image_processor, context_len: Optional[int] = None,
+                 max_regions: int = MAX_REGIONS, name: str = "rgpt"):
+        self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
+        self.context_len = context_len or getattr(model.config, "max_position_embeddings", 2048)
+        self.max_regions, self.name = max_regions, name
+        self.aspect = getattr(model.config, "image_aspect_ratio", "pad")
+        h, w = model.merge_size()
+        self.image_tokens = h * w
+
+    @classmethod
+    def load(cls, model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
+             load_8bit: bool = False, load_4bit: bool = False, **kwargs) -> "RegionEngine":
+        from rgpt_llava.model.builder import load_pretrained_model
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            model_path, model_base, None, load_8bit=load_8bit, load_4bit=load_4bit, device=device)
+        # batched decoding pads on the left (generation re-pads the spliced sequences by this setting)
+        model.config.tokenizer_padding_side = "left"
+        return cls(tokenizer, model, image_processor, context_len, **kwargs)
+
+    # ---- checking ------------------------------------------------------------------------------------------------
+    def tokenize(self, prompt: str, num_regions: int, has_image: bool, param: str = "prompt",
+                 require_all_regions: bool = True) -> List[int]:
+        """Token ids with image / region sentinels; every placeholder names a supplied region and (by default) every
+        supplied region is referenced (a region nobody asks about is a client's mistake worth a message)."""
+        try:
+            check_region_references(prompt, num_regions, require_all=require_all_regions)
+        except ValueError as e:
+            raise InputError(str(e), param) from None
+        n_images = prompt.count(DEFAULT_IMAGE_TOKEN)
+        if has_image and n_images != 1:
+            raise InputError(f"the prompt must hold exactly one {DEFAULT_IMAGE_TOKEN} for the one image, "
+                             f"found {n_images}", param)
+        if not has_image and n_images:
+            raise InputError(f"the prompt has {DEFAULT_IMAGE_TOKEN} but no image was given", param)
+        return tokenizer_region_token(prompt, self.tokenizer)
+
+    def spliced_length(self, ids: Sequence[int]) -> int:
+        images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
+        return len(ids) + images * (self.image_tokens - 1)
+
+    def prepare(self, image: Optional[Image.Image], items: Sequence[Tuple[str, Sequence[Region]]],
+                sampling: Sampling, param: str = "prompt", require_all_regions: bool = True) -> Job:
+        """``items``: (prompt text, its regions) per choice, all on ``image`` (already EXIF-oriented, RGB). A chat
+        whose earlier turns asked about some regions only passes ``require_all_regions=False``."""
+        if not items:
+            raise InputError("nothing to answer", param)
+        if sampling.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}", "max_new_tokens")
+        try:
+            sampling.sampler()
+        except ValueError as e:
+            raise InputError(str(e), "temperature" if "temperature" in str(e) else "top_p") from None
+        any_regions = any(len(regions) for _, regions in items)
+        if any_regions and image is None:
+            raise InputError("regions were given without an image: a region is a part of an image", param)
+        for _, regions in items:
+            if len(regions) > self.max_regions:
+                raise InputError(f"{len(regions)} regions; the limit is {self.max_regions} (--max-regions)", param)
+        image_t = None
+        if image is not None:
+            from llava.mm_utils import process_images
+            image_t = process_images([image], self.image_processor, self.model.config)[0].to(
+                self.model.device, dtype=self.model.dtype)
+        prompts, masks, lengths = [], [], []
+        for prompt, regions in items:
+            ids = self.tokenize(prompt, len(regions), image is not None, param, require_all_regions)
+            m = None
+            if regions:
+                try:
+                    m = process_regions(list(regions), image.size, self.image_processor, self.aspect)
+                except ValueError as e:
+                    raise InputError(str(e), param) from None
+                m = m.to(self.model.device, dtype=self.model.dtype)
+            prompts.append(ids)
+            masks.append(m)
+            lengths.append(self.spliced_length(ids))
+        room = self.context_len - max(lengths)
+        if room < 1:
+            raise InputError(f"the prompt is {max(lengths)} tokens long (with {self.image_tokens} image tokens); the "
+                             f"model's context is {self.context_len}", param)
+        return Job(image_t, prompts, masks, lengths, min(sampling.max_new_tokens, room), sampling)
+
+    # ---- generating ----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, job: Job) -> Iterator[List[Delta]]:
+        """Yields, after each decoding step, the choices' new text (only choices with news)."""
+        state = generation.prefill(self.model, job.image, job.prompts, job.masks)
+        decoder = generation.BatchDecoder(self.model, state, job.sampling.sampler())
+        stops = tuple(s for s in job.sampling.stop if s)
+        rows = [_Row(self.tokenizer, stops) for _ in job.prompts]
+        eos = None if job.sampling.ignore_eos else self.tokenizer.eos_token_id
+        for step in range(job.max_new_tokens):
+            tokens = decoder.choose()
+            last = step == job.max_new_tokens - 1
+            out = []
+            for i, token in enumerate(tokens):
+                if decoder.finished[i]:
+                    continue
+                delta, reason = rows[i].push(token, eos)
+                if reason is None and last:
+                    delta, reason = delta + rows[i].flush(), "length"
+                if reason is not None:
+                    decoder.finished[i] = True
+                if delta or reason:
+                    out.append(Delta(i, delta, reason, step + 1))
+            if out:
+                yield out
+            if decoder.done:
+                return
+            decoder.advance(tokens)
+
+    def answer(self, job: Job) -> List[str]:
+        """Every choice's whole answer."""
+        texts = [""] * len(job.prompts)
+        for deltas in self.generate(job):
+            for d in deltas:
+                texts[d.index] += d.text
+        return texts

@@ -1,0 +1,202 @@
+"""What a request carries, decoded and checked before the model sees it: images and REGION JSON.
+
+Every interactive entry point (the CLI, the model worker, the OpenAI-style API, the web page) reads its images and
+regions through here, and regions then through :func:`rgpt_llava.geometry.parse_region` -- the same code as training
+and evaluation. Problems are :class:`InputError` (a ``ValueError``) naming the item (``param``) and what is wrong;
+the servers answer them with a 4xx.
+
+* Images: base64, a ``data:image/...;base64,`` URL, or (CLI) a file. EXIF orientation is applied
+  (``ImageOps.exif_transpose``) because people draw regions on photos as their viewer shows them, and viewers apply
+  it while ``PIL.Image.open`` does not. (Training and evaluation keep the datasets' raw pixels: their annotations are
+  in that frame.) An RGBA / LA image whose alpha channel is not fully opaque carries one mask (nonzero alpha =
+  inside), the convention of Describe-Anything's server: :func:`split_alpha`.
+* REGION (``region.schema.json``, docs/SERVING.md): ``{"box": [x1, y1, x2, y2]}``, ``{"polygon": [...]}``,
+  ``{"rle": {"size": [h, w], "counts": ...}}``, ``{"mask": "data:image/png;base64,..."}``; nothing else (a server
+  never reads files named by a client).
+"""
+import base64
+import binascii
+import functools
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from PIL import Image, ImageOps
+
+from rgpt_llava.geometry import Region, parse_region
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024        # decoded size of one image (or mask) in a request
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024       # PIL's decompression-bomb guard, per image
+MAX_REGIONS = 64                          # regions per request (--max-regions on the servers)
+REGION_KINDS = ("box", "polygon", "rle", "mask")
+SCHEMA_PATH = Path(__file__).with_name("region.schema.json")
+_DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,", re.IGNORECASE)
+
+
+class InputError(ValueError):
+    """A request item that cannot be used: ``param`` names it (e.g. ``messages[0].content[2].region``)."""
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param = param
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------------------------------
+def decode_base64(data: Any, param: str, what: str = "image") -> bytes:
+    """The bytes of a base64 string or a ``data:image/...;base64,`` URL."""
+    if not isinstance(data, str) or not data:
+        raise InputError(f"expected a base64 {what} or a data:image/...;base64, URL, got {type(data).__name__}", param)
+    if data.startswith("data:"):
+        match = _DATA_URL.match(data)
+        if not match:
+            raise InputError(f"a data URL must look like data:image/png;base64,... (got {data[:40]!r})", param)
+        data = data[match.end():]
+    if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise InputError(f"the {what} is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB", param)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"not valid base64 ({e})", param) from None
+
+
+def open_image_bytes(raw: bytes, param: str, what: str = "image") -> Image.Image:
+    """A decoded, fully loaded, EXIF-oriented PIL image (its mode kept, for :func:`split_alpha`)."""
+    try:
+        with _pixel_limit():
+            image = Image.open(io.BytesIO(raw))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError:
+        raise InputError(f"the {what} has more than {MAX_IMAGE_PIXELS} pixels", param) from None
+    except Exception as e:  # PIL raises assorted types on undecodable data (UnidentifiedImageError, OSError, ...)
+        raise InputError(f"cannot decode the {what} ({type(e).__name__}: {e})", param) from None
+    if image.width < 1 or image.height < 1:
+        raise InputError(f"the {what} is empty ({image.width}x{image.height})", param)
+    return image
+
+
+def decode_image(data: Any, param: str) -> Image.Image:
+    return open_image_bytes(decode_base64(data, param), param)
+
+
+def load_image_file(path: str, param: str = "--image-file") -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file", param) from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e})", param) from None
+    return open_image_bytes(raw, f"{param} {path}")
+
+
+def split_alpha(image: Image.Image, param: str) -> Tuple[Image.Image, Optional[Image.Image]]:
+    """(RGB image, its alpha channel as a mask or None). The alpha is a mask only when some pixel is not opaque."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        lo, hi = alpha.getextrema()
+        rgb = rgba.convert("RGB")
+        if lo == 255:
+            return rgb, None
+        if hi == 0:
+            raise InputError("the image's alpha channel (its mask) is empty: every pixel is transparent", param)
+        return rgb, alpha
+    return image.convert("RGB"), None
+
+
+class _pixel_limit:
+    """PIL's decompression-bomb limit for the duration of one decode (it is a process-wide setting)."""
+
+    def __enter__(self):
+        self.saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS // 2    # PIL raises above twice this value
+        return self
+
+    def __exit__(self, *exc):
+        Image.MAX_IMAGE_PIXELS = self.saved
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# REGION
+# ---------------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def region_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def _kind_validator(kind: str):
+    from jsonschema import Draft202012Validator
+    schema = dict(region_schema())
+    sub = {"$ref": f"#/$defs/{kind}", "$defs": schema["$defs"]}
+    return Draft202012Validator(sub)
+
+
+def check_region_json(obj: Any, param: str) -> str:
+    """Validate one REGION against ``region.schema.json``; returns its kind. Messages name the offending field."""
+    if not isinstance(obj, dict):
+        raise InputError(f"a REGION must be an object such as {{\"box\": [x1, y1, x2, y2]}}, got "
+                         f"{type(obj).__name__}", param)
+    kinds = [k for k in obj if k in REGION_KINDS]
+    unknown = sorted(str(k) for k in obj if k not in REGION_KINDS)
+    if unknown:
+        raise InputError(f"unknown REGION field(s) {unknown}; a REGION has exactly one of {', '.join(REGION_KINDS)}",
+                         param)
+    if len(kinds) != 1:
+        raise InputError(f"a REGION has exactly one of {', '.join(REGION_KINDS)}, got {kinds or 'none'}", param)
+    kind = kinds[0]
+    errors = list(_leaf_errors(_kind_validator(kind).iter_errors(obj)))
+    if errors:
+        # the shallowest problem reads best ("polygon: [...] is too short" rather than one alternative's detail);
+        # among equals, a wrong count or value before a wrong type
+        err = min(errors, key=lambda e: (len(e.absolute_path), e.validator == "type"))
+        path = list(err.absolute_path) or [kind]
+        where = str(path[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[1:])
+        raise InputError(f"{where}: {_short(err.message)}", param)
+    return kind
+
+
+def _leaf_errors(errors):
+    """The errors of every alternative of a oneOf, not the oneOf's own "is not valid under any of the given schemas"."""
+    for e in errors:
+        if e.context:
+            yield from _leaf_errors(e.context)
+        else:
+            yield e
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def region_spec(obj: Any, param: str) -> Any:
+    """A checked REGION as a spec for :func:`rgpt_llava.geometry.parse_region` (a mask's data URL decoded)."""
+    kind = check_region_json(obj, param)
+    if kind == "mask":
+        return {"mask": open_image_bytes(decode_base64(obj["mask"], param, "mask"), param, "mask")}
+    return obj
+
+
+def parse_regions(items: Sequence[Tuple[Any, str]], image_size: Tuple[int, int],
+                  max_regions: int = MAX_REGIONS) -> List[Region]:
+    """``items``: (spec, param) pairs, numbered 1.. in order; specs are REGION JSON, a decoded mask image or a
+    :class:`Region`. Each is parsed against the image by :func:`rgpt_llava.geometry.parse_region`."""
+    if len(items) > max_regions:
+        raise InputError(f"{len(items)} regions in one request; the limit is {max_regions} (the server's "
+                         f"--max-regions)", items[max_regions][1])
+    regions = []
+    for k, (spec, param) in enumerate(items):
+        if not isinstance(spec, (Region, Image.Image)):
+            spec = region_spec(spec, param)
+        try:
+            regions.append(parse_region(spec, k, image_size))
+        except (ValueError, FileNotFoundError) as e:
+            raise InputError(str(e), param) from None
+    return regions

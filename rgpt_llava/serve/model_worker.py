@@ -1,0 +1,266 @@
+"""LLaVA's model worker for RGPT checkpoints: LLaVA's controller protocol, with regions in every request.
+
+    python -m llava.serve.controller --host 127.0.0.1 --port 21001
+    python -m rgpt_llava.serve.model_worker --controller-address http://127.0.0.1:21001 \\
+        --worker-address http://127.0.0.1:21002 --port 21002 --model-path CKPT [--model-base B] [--device cpu] \\
+        [--load-4bit | --load-8bit] [--limit-model-concurrency 5] [--model-name NAME] [--max-regions 64]
+
+It registers with LLaVA's unmodified controller, sends its heartbeats and answers ``/worker_generate_stream`` and
+``/worker_get_status`` as LLaVA's worker does (``ModelWorker`` is subclassed: registration and heartbeats are
+LLaVA's), so LLaVA's controller, its clients and several workers behind one controller work as they do for LLaVA.
+The request's params add one key, ``"regions"``: one list of REGION (docs/SERVING.md) per image; ``<region>`` /
+``<regionN>`` in the prompt. What differs from LLaVA's worker, and why:
+
+* generation is :class:`rgpt_llava.serve.engine.RegionEngine` (regions, seed, the batched path), run lazily by the
+  response: a client that disconnects stops the computation and frees its slot of ``--limit-model-concurrency``;
+* a bad request is answered before any generation with HTTP 400 and LLaVA's chunk ``{"text": <what is wrong>,
+  "error_code": 1}`` (LLaVA's worker sends HTTP 200 and "NETWORK ERROR DUE TO HIGH TRAFFIC" for every failure);
+* chunks also carry ``finish_reason`` and ``usage`` (token counts), which LLaVA's clients ignore;
+* the heartbeat thread is a daemon, so the worker stops on SIGTERM / Ctrl-C.
+"""
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from typing import Iterator, Optional, Tuple
+
+# LLaVA's worker module redirects stdout / stderr into its logger when imported (its log file is still written);
+# keep this process's own streams.
+_streams = sys.stdout, sys.stderr
+import llava.serve.model_worker as llava_worker  # noqa: E402
+sys.stdout, sys.stderr = _streams
+
+from llava.constants import WORKER_HEART_BEAT_INTERVAL  # noqa: E402
+
+from rgpt_llava.serve.engine import Job, RegionEngine, Sampling  # noqa: E402
+from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha  # noqa: E402
+
+MAX_NEW_TOKENS_CAP = 1024   # LLaVA's worker caps max_new_tokens at 1024 too
+
+
+def _chunk(obj: dict) -> bytes:
+    return json.dumps(obj).encode() + b"\0"
+
+
+def parse_params(engine: RegionEngine, params) -> Tuple[Job, str]:
+    """LLaVA's worker params (plus ``regions``, ``seed``) -> a checked job and the prompt echoed in every chunk."""
+    if not isinstance(params, dict):
+        raise InputError("the request body must be a JSON object (LLaVA's worker params)")
+    prompt = params.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise InputError("a non-empty string is required", "prompt")
+    images = params.get("images") or []
+    regions = params.get("regions") or []
+    if not isinstance(images, list):
+        raise InputError("expected a list of base64 images", "images")
+    if not isinstance(regions, list) or not all(isinstance(r, list) for r in regions):
+        raise InputError("expected one list of REGION per image", "regions")
+    if len(images) > 1:
+        raise InputError(f"RGPT takes one image per conversation, got {len(images)}", "images")
+    if len(regions) > max(len(images), 1) or (regions and regions[0] and not images):
+        raise InputError(f"{sum(len(r) for r in regions)} region(s) for {len(images)} image(s): regions are parts "
+                         f"of an image; send one list per image", "regions")
+    image = None
+    items = []
+    if images:
+        image, alpha = split_alpha(decode_image(images[0], "images[0]"), "images[0]")
+        if alpha is not None:
+            items.append((alpha, "images[0] (alpha channel)"))
+    for k, region in enumerate(regions[0] if regions else []):
+        items.append((region, f"regions[0][{k}]"))
+    parsed = parse_regions(items, image.size, engine.max_regions) if items else []
+    sampling = Sampling(temperature=_number(params, "temperature", 1.0, 0.0, 100.0),
+                        top_p=_number(params, "top_p", 1.0, 0.0, 1.0),
+                        max_new_tokens=min(int(_number(params, "max_new_tokens", 256, 1, 1e9)), MAX_NEW_TOKENS_CAP),
+                        stop=_stops(params.get("stop")), seed=_seed(params.get("seed")),
+                        ignore_eos=_flag(params, "ignore_eos"))
+    return engine.prepare(image, [(prompt, parsed)], sampling, param="prompt"), prompt
+
+
+def _number(params: dict, key: str, default: float, lo: float, hi: float) -> float:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise InputError(f"expected a number in [{lo:g}, {hi:g}], got {value!r}", key)
+    return float(value)
+
+
+def _flag(params: dict, key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InputError(f"expected true or false, got {value!r}", key)
+    return value
+
+
+def _stops(stop) -> Tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return tuple(stop)
+    raise InputError("expected a string or a list of strings", "stop")
+
+
+def _seed(seed) -> Optional[int]:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"expected an integer, got {seed!r}", "seed")
+    return seed
+
+
+class RegionModelWorker(llava_worker.ModelWorker):
+    """LLaVA's ``ModelWorker`` with RGPT's engine; registration, heartbeats and status are LLaVA's."""
+
+    def __init__(self, controller_addr: str, worker_addr: str, engine: RegionEngine, model_name: str,
+                 limit_model_concurrency: int, no_register: bool = False):
+        # LLaVA's __init__ loads the model with LLaVA's builder; RGPT's engine is built by the caller instead.
+        self.controller_addr, self.worker_addr = controller_addr, worker_addr
+        self.worker_id = str(uuid.uuid4())[:6]
+        self.model_name, self.engine, self.device = model_name, engine, str(engine.model.device)
+        self.limit = limit_model_concurrency
+        self.running = 0          # requests holding a slot
+        self.waiting = 0          # requests queued for one
+        self.registered = not no_register
+        if self.registered:
+            self.register_to_controller()
+            threading.Thread(target=self._heart_beat, daemon=True).start()
+
+    def _heart_beat(self):
+        while True:
+            time.sleep(WORKER_HEART_BEAT_INTERVAL)
+            self.send_heart_beat()
+
+    def get_queue_length(self) -> int:
+        return self.running + self.waiting
+
+    def stream(self, job: Job, prompt: str) -> Iterator[bytes]:
+        """LLaVA's chunks: the prompt plus the answer so far, each time the answer grows."""
+        text, usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
+        for deltas in self.engine.generate(job):
+            d = deltas[0]
+            text += d.text
+            usage["completion_tokens"] = d.completion_tokens
+            yield _chunk({"text": text, "error_code": 0, "finish_reason": d.finish_reason, "usage": usage})
+
+
+def build_app(worker: RegionModelWorker):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response, StreamingResponse
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+    app = FastAPI(title="rgpt_llava model worker")
+    slots = {}
+
+    def semaphore() -> asyncio.Semaphore:  # made inside the server's event loop
+        if "s" not in slots:
+            slots["s"] = asyncio.Semaphore(worker.limit)
+        return slots["s"]
+
+    def heart_beat_now():
+        # LLaVA's worker reports its queue to the controller as each request starts and ends (the controller's
+        # shortest-queue dispatch reads it); off the event loop, since LLaVA's heartbeat blocks until it gets through.
+        if worker.registered:
+            threading.Thread(target=worker.send_heart_beat, daemon=True).start()
+
+    def error(message: str, status: int = 400) -> Response:
+        return Response(_chunk({"text": message, "error_code": 1}), status_code=status,
+                        media_type="application/json")
+
+    @app.post("/worker_generate_stream")
+    async def generate_stream(request: Request):
+        try:
+            params = await request.json()
+        except ValueError:
+            return error("the request body is not JSON")
+        try:
+            job, prompt = await run_in_threadpool(parse_params, worker.engine, params)
+        except InputError as e:
+            return error(str(e))
+        worker.waiting += 1
+        try:
+            await semaphore().acquire()
+        finally:
+            worker.waiting -= 1
+        worker.running += 1
+        heart_beat_now()
+        released = []
+
+        def release():
+            if not released:   # once, whichever comes first: the stream's end or the response's background task
+                released.append(True)
+                worker.running -= 1
+                semaphore().release()
+                heart_beat_now()
+
+        async def body():
+            try:
+                async for chunk in iterate_in_threadpool(worker.stream(job, prompt)):
+                    yield chunk
+            except Exception as e:  # a failure inside the model: the client gets LLaVA's error chunk, not a cut stream
+                yield _chunk({"text": f"generation failed: {type(e).__name__}: {e}", "error_code": 1})
+            finally:
+                release()
+
+        return StreamingResponse(body(), media_type="application/octet-stream", background=BackgroundTask(release))
+
+    @app.post("/worker_get_status")
+    async def get_status():
+        return worker.get_status()
+
+    return app
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=21002)
+    p.add_argument("--worker-address", default=None, help="the URL the controller reaches this worker at "
+                                                           "(default http://HOST:PORT)")
+    p.add_argument("--controller-address", default="http://127.0.0.1:21001")
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-base", default=None)
+    p.add_argument("--model-name", default=None, help="the name clients ask for (default: the checkpoint folder's)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--load-8bit", action="store_true")
+    p.add_argument("--load-4bit", action="store_true")
+    p.add_argument("--limit-model-concurrency", type=int, default=5)
+    p.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
+    p.add_argument("--no-register", action="store_true", help="serve without a controller")
+    args = p.parse_args(argv)
+    if args.limit_model_concurrency < 1:
+        p.error(f"--limit-model-concurrency must be at least 1, got {args.limit_model_concurrency}")
+    if args.max_regions < 1:
+        p.error(f"--max-regions must be at least 1, got {args.max_regions}")
+    from rgpt_llava.model.builder import CheckpointError
+    from rgpt_llava.serve.engine import model_name_of
+    try:
+        engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
+                                   max_regions=args.max_regions)
+    except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        print(f"error: --model-path {args.model_path}: {e}", file=sys.stderr)
+        return 2
+    name = args.model_name or model_name_of(args.model_path)
+    worker_addr = args.worker_address or f"http://{args.host}:{args.port}"
+    try:
+        worker = RegionModelWorker(args.controller_address, worker_addr, engine, name, args.limit_model_concurrency,
+                                   no_register=args.no_register)
+    except Exception as e:  # requests' connection errors, LLaVA's assert on the status
+        print(f"error: cannot register with the controller at {args.controller_address} ({type(e).__name__}: {e}); "
+              f"start it first (python -m llava.serve.controller) or pass --no-register", file=sys.stderr)
+        return 2
+    import uvicorn
+    print(f"worker {name} at {worker_addr} (controller {args.controller_address if not args.no_register else 'none'})",
+          flush=True)
+    uvicorn.run(build_app(worker), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,8 +7,10 @@ runs :mod:`rgpt_llava.generation`: the image and every region encoded once, the 
 prompts (several choices, or one question per region) decoded as one batch with temperature / top-p / seed, stop
 strings and EOS, streamed as text deltas. Stopping the iteration (a client gone) stops the computation.
 """
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -18,6 +20,29 @@ from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from rgpt_llava.geometry import Region, process_regions
 from rgpt_llava.mm_utils import check_region_references, tokenizer_region_token
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError
+
+
+_END = object()
+
+
+async def run_on(executor, fn, *args):
+    """``fn(*args)`` on ``executor`` (None: the event loop's default pool), awaited."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+async def iterate_on(executor, items: Iterator) -> AsyncIterator:
+    """A blocking iterator advanced on ``executor``, one item at a time. When the consumer stops (a client gone),
+    nothing more is computed, and the iterator is closed."""
+    try:
+        while True:
+            item = await run_on(executor, next, items, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            await run_on(executor, close)
 
 
 def model_name_of(model_path: str) -> str:
@@ -72,11 +97,14 @@ class _Row:
     """One choice's tokens and the text already sent; holds back a tail that may be the start of a stop string."""
     tokenizer: object
     stops: Tuple[str, ...]
+    special: frozenset = frozenset()    # the tokenizer's special ids, dropped from the text
     tokens: List[int] = field(default_factory=list)
     sent: int = 0
 
     def text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        # == decode(tokens, skip_special_tokens=True), at half the cost: transformers' slow tokenizers rebuild their
+        # special-token list for every token they skip-check
+        return self.tokenizer.decode([t for t in self.tokens if t not in self.special], skip_special_tokens=False)
 
     def push(self, token: int, eos: int) -> Tuple[str, Optional[str]]:
         if token == eos:
@@ -117,6 +145,11 @@ class RegionEngine:
         self.aspect = getattr(model.config, "image_aspect_ratio", "pad")
         h, w = model.merge_size()
         self.image_tokens = h * w
+        self.special_ids = frozenset(tokenizer.all_special_ids)
+        # Servers run every model call on this one thread: requests interleave step by step, and torch keeps one
+        # pool of compute threads (a thread pool's many threads each bring their own and fight over the cores: a
+        # one-region request took 50 ms instead of 28 on 2 cores).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rgpt-model")
 
     @classmethod
     def load(cls, model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
@@ -173,19 +206,26 @@ class RegionEngine:
             from llava.mm_utils import process_images
             image_t = process_images([image], self.image_processor, self.model.config)[0].to(
                 self.model.device, dtype=self.model.dtype)
-        prompts, masks, lengths = [], [], []
+        # Choices often share their text (n samples, or per-region questions): tokenise each text once. All regions
+        # of all choices go through the geometry in one call (the image's resize operators are built once).
+        ids_of = {}
+        prompts, lengths = [], []
         for prompt, regions in items:
-            ids = self.tokenize(prompt, len(regions), image is not None, param, require_all_regions)
-            m = None
-            if regions:
-                try:
-                    m = process_regions(list(regions), image.size, self.image_processor, self.aspect)
-                except ValueError as e:
-                    raise InputError(str(e), param) from None
-                m = m.to(self.model.device, dtype=self.model.dtype)
-            prompts.append(ids)
-            masks.append(m)
-            lengths.append(self.spliced_length(ids))
+            if (prompt, len(regions)) not in ids_of:
+                ids_of[prompt, len(regions)] = self.tokenize(prompt, len(regions), image is not None, param,
+                                                             require_all_regions)
+            prompts.append(ids_of[prompt, len(regions)])
+            lengths.append(self.spliced_length(prompts[-1]))
+        counts = [len(regions) for _, regions in items]
+        masks = [None] * len(items)
+        if sum(counts):
+            try:
+                everything = process_regions([r for _, regions in items for r in regions], image.size,
+                                             self.image_processor, self.aspect)
+            except ValueError as e:
+                raise InputError(str(e), param) from None
+            everything = everything.to(self.model.device, dtype=self.model.dtype)
+            masks = [m if c else None for m, c in zip(torch.split(everything, counts), counts)]
         room = self.context_len - max(lengths)
         if room < 1:
             raise InputError(f"the prompt is {max(lengths)} tokens long (with {self.image_tokens} image tokens); the "
@@ -194,12 +234,15 @@ class RegionEngine:
 
     # ---- generating ----------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, job: Job) -> Iterator[List[Delta]]:
-        """Yields, after each decoding step, the choices' new text (only choices with news)."""
+    def generate(self, job: Job, stream: bool = True) -> Iterator[List[Delta]]:
+        """Yields, after each decoding step, the choices' new text (only choices with news). With ``stream=False``
+        and no stop strings the text is decoded once per choice, at its end (decoding after every step is most of
+        the cost of a batch of short answers on a small model)."""
         state = generation.prefill(self.model, job.image, job.prompts, job.masks)
         decoder = generation.BatchDecoder(self.model, state, job.sampling.sampler())
         stops = tuple(s for s in job.sampling.stop if s)
-        rows = [_Row(self.tokenizer, stops) for _ in job.prompts]
+        incremental = stream or bool(stops)
+        rows = [_Row(self.tokenizer, stops, self.special_ids) for _ in job.prompts]
         eos = None if job.sampling.ignore_eos else self.tokenizer.eos_token_id
         for step in range(job.max_new_tokens):
             tokens = decoder.choose()
@@ -208,7 +251,13 @@ class RegionEngine:
             for i, token in enumerate(tokens):
                 if decoder.finished[i]:
                     continue
-                delta, reason = rows[i].push(token, eos)
+                if incremental:
+                    delta, reason = rows[i].push(token, eos)
+                elif token == eos:
+                    delta, reason = rows[i].flush(), "stop"
+                else:
+                    rows[i].tokens.append(token)
+                    delta, reason = "", None
                 if reason is None and last:
                     delta, reason = delta + rows[i].flush(), "length"
                 if reason is not None:
@@ -224,7 +273,7 @@ class RegionEngine:
     def answer(self, job: Job) -> List[str]:
         """Every choice's whole answer."""
         texts = [""] * len(job.prompts)
-        for deltas in self.generate(job):
+        for deltas in self.generate(job, stream=False):
             for d in deltas:
                 texts[d.index] += d.text
         return texts

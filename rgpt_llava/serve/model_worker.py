@@ -35,7 +35,7 @@ sys.stdout, sys.stderr = _streams
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL  # noqa: E402
 
-from rgpt_llava.serve.engine import Job, RegionEngine, Sampling  # noqa: E402
+from rgpt_llava.serve.engine import Job, RegionEngine, Sampling, iterate_on, run_on  # noqa: E402
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha  # noqa: E402
 
 MAX_NEW_TOKENS_CAP = 1024   # LLaVA's worker caps max_new_tokens at 1024 too
@@ -153,7 +153,6 @@ def build_app(worker: RegionModelWorker):
     from fastapi import FastAPI, Request
     from fastapi.responses import Response, StreamingResponse
     from starlette.background import BackgroundTask
-    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
     app = FastAPI(title="rgpt_llava model worker")
     slots = {}
@@ -180,7 +179,7 @@ def build_app(worker: RegionModelWorker):
         except ValueError:
             return error("the request body is not JSON")
         try:
-            job, prompt = await run_in_threadpool(parse_params, worker.engine, params)
+            job, prompt = await run_on(worker.engine.executor, parse_params, worker.engine, params)
         except InputError as e:
             return error(str(e))
         worker.waiting += 1
@@ -201,7 +200,7 @@ def build_app(worker: RegionModelWorker):
 
         async def body():
             try:
-                async for chunk in iterate_in_threadpool(worker.stream(job, prompt)):
+                async for chunk in iterate_on(worker.engine.executor, worker.stream(job, prompt)):
                     yield chunk
             except Exception as e:  # a failure inside the model: the client gets LLaVA's error chunk, not a cut stream
                 yield _chunk({"text": f"generation failed: {type(e).__name__}: {e}", "error_code": 1})

@@ -20,19 +20,19 @@ about region ``i + 1`` -- decoded as one batch on one image encoding (describe e
 Errors are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
 """
 import argparse
+import asyncio
 import base64
 import io
 import json
 import re
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, REGION_PLACEHOLDER_PATTERN
-from rgpt_llava.serve.engine import RegionEngine, Sampling, model_name_of
+from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on, model_name_of, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha
 
 _PLACEHOLDER = re.compile(REGION_PLACEHOLDER_PATTERN)
@@ -326,6 +326,7 @@ class Usage:
 class LocalBackend:
     def __init__(self, engine: RegionEngine, conv_mode: str):
         self.engine, self.conv_mode = engine, conv_mode
+        self.executor = engine.executor
 
     def models(self) -> List[str]:
         return [self.engine.name]
@@ -350,7 +351,7 @@ class LocalBackend:
         usage = Usage(prompt_tokens=sum(job.prompt_tokens) if req.per_region else job.prompt_tokens[0])
 
         def events():
-            for deltas in self.engine.generate(job):
+            for deltas in self.engine.generate(job, stream=req.stream):
                 for d in deltas:
                     usage.completion_tokens[d.index] = d.completion_tokens
                 yield [Event(d.index, d.text, d.finish_reason) for d in deltas]
@@ -468,10 +469,15 @@ def _region_json(spec: Any) -> Any:
 def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 5):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
     app = FastAPI(title="rgpt_llava OpenAI-compatible API")
-    gate = threading.BoundedSemaphore(limit_concurrency)
+    executor = getattr(backend, "executor", None)     # the model's own thread; None: network calls, any thread
+    slots = {}
+
+    def gate() -> asyncio.Semaphore:                   # made inside the server's event loop
+        if "s" not in slots:
+            slots["s"] = asyncio.Semaphore(limit_concurrency)
+        return slots["s"]
 
     def error(e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
@@ -483,7 +489,7 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
     @app.get("/v1/models")
     async def models():
         try:
-            names = await run_in_threadpool(backend.models)
+            names = await run_on(None, backend.models)
         except APIError as e:
             return error(e)
         now = int(time.time())
@@ -498,18 +504,22 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
         except ValueError as e:
             return error(_bad(f"the request body is not valid JSON ({e})"))
         try:
-            req = await run_in_threadpool(parse_chat_request, body, max_regions)
-            events, usage = await run_in_threadpool(backend.start, req)
+            req = await run_on(None, parse_chat_request, body, max_regions)
+            events, usage = await run_on(executor, backend.start, req)
         except APIError as e:
             return error(e)
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        model = req.model or backend.models()[0]
+        model = req.model or (await run_on(None, backend.models))[0]
         count = req.region_count() if req.per_region else req.n
         if not req.stream:
-            try:
-                texts, reasons = await run_in_threadpool(_collect, events, count, gate)
-            except APIError as e:
-                return error(e)
+            texts, reasons = [""] * count, [None] * count
+            async with gate():
+                async for evs in iterate_on(executor, events):
+                    for ev in evs:
+                        if ev.error:
+                            return error(APIError(502, ev.error, type_="server_error"))
+                        texts[ev.index] += ev.text
+                        reasons[ev.index] = ev.finish_reason or reasons[ev.index]
             return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                     "system_fingerprint": None,
                     "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
@@ -521,11 +531,11 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
                    "system_fingerprint": None, "choices": choices, **extra}
             return f"data: {json.dumps(obj)}\n\n".encode()
 
-        def sse() -> Iterator[bytes]:
-            with gate:
+        async def sse():
+            async with gate():
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None} for i in range(count)])
-                for evs in events:
+                async for evs in iterate_on(executor, events):
                     out = []
                     for ev in evs:
                         if ev.error:   # after the 200 went out: OpenAI's error object as the last event
@@ -540,25 +550,9 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
                     yield chunk([], usage=usage.body())
                 yield b"data: [DONE]\n\n"
 
-        async def body_iter():
-            async for b in iterate_in_threadpool(sse()):
-                yield b
-
-        return StreamingResponse(body_iter(), media_type="text/event-stream")
+        return StreamingResponse(sse(), media_type="text/event-stream")
 
     return app
-
-
-def _collect(events, count: int, gate) -> Tuple[List[str], List[Optional[str]]]:
-    texts, reasons = [""] * count, [None] * count
-    with gate:
-        for evs in events:
-            for ev in evs:
-                if ev.error:
-                    raise APIError(502, ev.error, type_="server_error")
-                texts[ev.index] += ev.text
-                reasons[ev.index] = ev.finish_reason or reasons[ev.index]
-    return texts, reasons
 
 
 def main(argv=None) -> int:

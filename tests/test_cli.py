@@ -88,3 +88,17 @@ def test_interactive_chat_over_stdin(tiny_rgpt_dir, images_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("ASSISTANT:") == 2  # the <region5> turn is refused, the chat goes on
     assert "refers to region(s) [5]" in proc.stderr
+
+
+def test_a_phone_photo_is_read_as_its_viewer_shows_it(capsys, tmp_path, tiny_rgpt_dir):
+    # stored 40 wide x 20 high with EXIF orientation 6: a viewer shows it 20 wide x 40 high, and a box drawn on the
+    # lower half of what it shows must land there (PIL alone would read the unrotated pixels)
+    img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    code, out, err = run_cli(capsys, "--model-path", tiny_rgpt_dir, "--image-file", str(tmp_path / "phone.jpg"),
+                             "--device", "cpu", "--region", "box:0,25,20,40", "--query", "what is <region1>?",
+                             "--temperature", "0", "--max-new-tokens", "2")
+    assert code == 0, err
+    assert "(20x40), 1 region(s)" in out and "region 1: box, box [0, 25, 20, 40]" in out

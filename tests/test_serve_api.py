@@ -211,6 +211,8 @@ def test_bad_region_and_image_problems_name_the_part(client, photo):
     assert r.status_code == 400 and "limit is 8" in r.json()["error"]["message"]
     r = client.post("/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = chat(client, [user(image_part(photo), "Describe" + " every word" * 600, region({"box": [1, 2, 30, 40]}))])
+    assert r.status_code == 400 and "the model's context is" in r.json()["error"]["message"]
 
 
 def test_the_openai_client_works_unchanged(client, engine, photo):

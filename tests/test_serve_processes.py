@@ -173,13 +173,26 @@ def test_the_api_with_the_model_in_process(servers, tiny_rgpt_dir, images_dir):
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     servers.start("-m", "rgpt_llava.serve.openai_api", "--model-path", tiny_rgpt_dir, "--model-name", "tiny-rgpt",
-                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), ready_url=api + "/v1/models")
+                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--limit-concurrency", "1",
+                  ready_url=api + "/v1/models")
     oai = OpenAI(base_url=api + "/v1", api_key="none")
     messages = regions_message(photo)
     out = oai.chat.completions.create(model="tiny-rgpt", messages=messages, temperature=0, max_tokens=6)
     streamed = "".join(c.choices[0].delta.content or "" for c in oai.chat.completions.create(
         model="tiny-rgpt", messages=messages, temperature=0, max_tokens=6, stream=True) if c.choices)
     assert streamed == out.choices[0].message.content
+    # a client that disconnects mid-stream stops its generation and frees the only slot
+    long = {"model": "tiny-rgpt", "messages": messages, "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+    start = time.monotonic()
+    assert requests.post(api + "/v1/chat/completions", json=long, timeout=120).json()["choices"][0][
+        "finish_reason"] == "length"
+    full_s = time.monotonic() - start
+    cut = requests.post(api + "/v1/chat/completions", json=dict(long, stream=True), stream=True, timeout=120)
+    next(cut.iter_lines())
+    cut.close()
+    start = time.monotonic()
+    oai.chat.completions.create(model="tiny-rgpt", messages=messages, temperature=0, max_tokens=2)
+    assert time.monotonic() - start < full_s / 2, (time.monotonic() - start, full_s)
     r = requests.post(api + "/v1/chat/completions", data=b"\xff\xfe garbage")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert oai.chat.completions.create(model="tiny-rgpt", messages=messages, temperature=0,

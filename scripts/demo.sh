@@ -7,6 +7,8 @@
 #   bash scripts/demo.sh --all      the comparison table: + refinement none + plain LLaVA with text boxes (~3x longer)
 #   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~20 min of training on 2 cores;
 #                                   reaches the classification target, docs/SHAPES.md "Results"); combines with --all
+#   bash scripts/demo.sh --serve    then open the web page on the trained model (RegionShapes validation images as
+#                                   examples): outline a shape, ask for its class (RGPT_PORT, default 7860)
 # Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400, --n-val 300).
 # Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>[_all]), RGPT_DEMO_PRESET (demo | full | ci).
 set -euo pipefail
@@ -14,11 +16,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install.sh
 preset=${RGPT_DEMO_PRESET:-demo}
 models=rgpt
+serve=0
 args=()
 for a in "$@"; do
   case "$a" in
     --all) models=all ;;
     --full) preset=full ;;
+    --serve) serve=1 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -44,3 +48,11 @@ python -m rgpt_llava.serve.cli --model-path "$OUT/rgpt/stage2" --image-file "$OU
   --region "box:$BOX" --temperature 0 --max-new-tokens 16 \
   --query "What category name best describes the region represented by <region1>? Answer the question using RegionShapes category names." \
   2> >(grep -v "kernels\|gemm_4bit" >&2)
+
+if [ "$serve" = 1 ]; then
+  # The page on the trained checkpoint; RegionShapes validation images as examples. Ctrl-C stops it.
+  echo "== the web page: http://${RGPT_HOST:-127.0.0.1}:${RGPT_PORT:-7860} (Ctrl-C stops it) =="
+  exec python -m rgpt_llava.serve.gradio_web_server --model-path "$OUT/rgpt/stage2" --device cpu \
+    --examples "$OUT/data/images/val" --host "${RGPT_HOST:-127.0.0.1}" --port "${RGPT_PORT:-7860}" \
+    --title "RegionGPT on RegionShapes"
+fi

@@ -56,6 +56,13 @@ def tiny_rgpt_dir(tmp_path_factory, tiny_llava_dir):
     return convert(tiny_llava_dir, str(tmp_path_factory.mktemp("rgpt")))
 
 
+@pytest.fixture(scope="session")
+def real_tok_rgpt_dir(tmp_path_factory, real_tok_llava_dir):
+    """A tiny RGPT checkpoint with the real LLaMA tokenizer: its random answers are word pieces, not bytes."""
+    from rgpt_llava.convert import convert
+    return convert(real_tok_llava_dir, str(tmp_path_factory.mktemp("rgpt_realtok")))
+
+
 def make_rgpt(llava_dir, seed=0, **overrides):
     """An in-memory fp32 RGPT model from a tiny LLaVA checkpoint, with a randomly initialised refiner."""
     from rgpt_llava.convert import rgpt_config_from_llava

@@ -41,6 +41,40 @@ def test_demo_learns_regionshapes(tmp_path):
     assert (out / "samples.png").stat().st_size > 1000
     assert "the trained model through the CLI" in proc.stdout and "ASSISTANT:" in proc.stdout
     assert res["meta"]["preset"] == "ci" and (out / "rgpt" / "stage2" / "config.json").is_file()
+    # the same command with --serve reuses the trained model and opens the page on it
+    serve_and_ask(env, out)
+
+
+def serve_and_ask(env, out):
+    import signal
+    from gradio_client import Client, handle_file
+    from servers import free_port
+    port = free_port()
+    proc = subprocess.Popen(["bash", "scripts/demo.sh", "--serve"], cwd=ROOT, env=dict(env, RGPT_PORT=str(port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = ""
+        for line in proc.stdout:   # the benchmark reruns from what is there, the CLI answers, the page starts
+            seen += line
+            if "Running on local URL" in line:
+                break
+        assert f"the web page: http://127.0.0.1:{port}" in seen, seen[-3000:]
+        gt = json.loads((out / "data" / "annotations" / "instances_val.json").read_text())
+        ann = gt["annotations"][0]
+        image = next(i["file_name"] for i in gt["images"] if i["id"] == ann["image_id"])
+        x, y, w, h = ann["bbox"]
+        answer = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(out / "data" / image)), json.dumps([{"box": [x, y, x + w, y + h]}]),
+            "What category name best describes the region represented by <region1>? Answer the question using "
+            "RegionShapes category names.", 0, 1.0, 16, api_name="/ask")
+        assert answer.strip() in {c["name"] for c in gt["categories"]}, answer   # a class name, as trained
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_tiny_entry_rejects_missing_tokenizer(tmp_path):

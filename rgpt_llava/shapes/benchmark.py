@@ -224,7 +224,9 @@ def prepare(args, out: Path) -> Dict[str, Path]:
             log(f"tower pretraining: {summary['steps']} steps, val image-level mAP "
                 f"{summary['history'][-1].get('val_mAP', float('nan')):.3f}")
         tower = pretrained
-    return dict(data=data, base=llm_dir, tower=tower, text_train=text_train)
+    # absolute: a trained checkpoint's config.json names its tower (mm_vision_tower) by this path, and must load from
+    # any folder, not only from where the benchmark ran
+    return dict(data=data.resolve(), base=llm_dir.resolve(), tower=tower.resolve(), text_train=text_train.resolve())
 
 
 def weights_id(folder: Path) -> str:

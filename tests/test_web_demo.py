@@ -1,0 +1,221 @@
+"""The web page: its region bookkeeping (in process), gradio's API through gradio_client, and the page itself in a real
+headless Chromium (Debian's, driven by Playwright): upload, a brush stroke, a dragged box, a question built by
+clicking the regions, the streamed answer -- equal to the engine's for the same regions -- and a bad question's
+message. Servers listen on loopback and are stopped by the test that starts them."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rgpt_llava.serve import gradio_web_server as W
+from rgpt_llava.serve.engine import Sampling
+
+from servers import Servers, free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def board_with(photo_size=(64, 48)):
+    b = W.Board()
+    b.set_photo(Image.new("RGB", photo_size, (200, 200, 200)))
+    return b
+
+
+def test_boxes_keep_their_numbers_through_edits_and_deletions():
+    b = board_with()
+    assert b.sync_boxes([[1, 1, 10, 10, ""]]) == [1]                       # a new box
+    b.sync("mask", {("layer", 0): Image.new("L", (64, 48), 255)})          # then a mask: region 2
+    assert b.sync_boxes([[2, 2, 20, 20, "1"], [30, 5, 40, 15, None]]) == [1, 3]   # box 1 moved, a new box 3
+    assert [r["kind"] for r in b.regions] == ["box", "mask", "box"]
+    assert b.regions[0]["spec"] == {"box": [2, 2, 20, 20]}
+    assert b.sync_boxes([[30, 5, 40, 15, "3"]]) == [2]                     # box 1 deleted: the others move up
+    assert [r["kind"] for r in b.regions] == ["mask", "box"]
+    b.sync("mask", {})                                                     # the layer emptied
+    assert [r["kind"] for r in b.regions] == ["box"]
+
+
+def test_masks_are_the_layers_with_paint():
+    layer = np.zeros((48, 64, 4), np.uint8)
+    layer[10:20, 5:15, 3] = 255
+    found = W.masks_from({"layers": [np.zeros((48, 64, 4), np.uint8), layer]}, (64, 48))
+    assert list(found) == [("layer", 1)]
+    assert (np.asarray(found[("layer", 1)]) > 0).sum() == 100
+
+
+def test_a_conversation_becomes_the_api_request():
+    b = board_with()
+    b.sync_boxes([[1, 1, 10, 10, ""], [20, 20, 30, 30, ""], [40, 5, 60, 40, ""]])
+    turns = [("user", "What is <region3> next to <region1>?"), ("assistant", "a cat"), ("user", "And <region2>?")]
+    req = W.build_request(b, turns, "m", Sampling())
+    texts = [" ".join(p.text for p in m.parts if p.kind == "text") for m in req.messages]
+    # numbered by first mention; each region attached to the turn that first names it
+    assert texts == ["What is <region1> next to <region2>?", "a cat", "And <region3>?"]
+    regions = [[p.region["box"] for p in m.parts if p.kind == "region"] for m in req.messages]
+    assert regions == [[[40, 5, 60, 40], [1, 1, 10, 10]], [], [[20, 20, 30, 30]]]
+    assert req.messages[0].parts[0].kind == "image" and req.region_count() == 3
+    with pytest.raises(W.APIError, match="names region 4 but 3 region"):
+        W.build_request(b, [("user", "<region4>?")], "m", Sampling())
+    drawn_but_unasked = W.build_request(b, [("user", "What is <region2>?")], "m", Sampling())
+    assert drawn_but_unasked.region_count() == 1
+
+
+def test_answers_name_regions():
+    assert W.named_regions("Region [2]", 3) == [2]
+    assert W.named_regions("region 1 is left of <region3>; region 9 does not exist", 3) == [1, 3]
+
+
+def readable(text: str) -> str:
+    """Text as a browser shows it: printable characters, runs of white space as one."""
+    return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
+
+
+@pytest.fixture()
+def web(tmp_path, real_tok_rgpt_dir, images_dir):
+    servers = Servers(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    servers.start("-m", "rgpt_llava.serve.gradio_web_server", "--model-path", real_tok_rgpt_dir, "--device", "cpu",
+                  "--model-name", "tiny-rgpt", "--host", "127.0.0.1", "--port", str(port), "--examples",
+                  str(images_dir / "chelsea.jpg"), ready_url=url, timeout=300)
+    yield url
+    servers.close()
+
+
+def engine_answer(tiny_rgpt_dir, photo: Image.Image, question: str, regions_json: str, max_new_tokens=256) -> str:
+    from rgpt_llava.serve.engine import RegionEngine
+    from rgpt_llava.serve.inputs import parse_regions
+    from rgpt_llava.serve.openai_api import conversation_prompt
+    engine = RegionEngine.load(tiny_rgpt_dir, device="cpu")
+    regions = parse_regions([(r, f"r{k}") for k, r in enumerate(json.loads(regions_json))], photo.size)
+    prompt = conversation_prompt([("user", "<image>\n" + question)], None, "vicuna_v1")
+    sampling = Sampling(temperature=0, top_p=0.7, max_new_tokens=max_new_tokens)
+    return engine.answer(engine.prepare(photo, [(prompt, regions)], sampling))[0]
+
+
+@pytest.mark.slow
+def test_gradio_client_asks_about_regions(web, real_tok_rgpt_dir, images_dir):
+    from gradio_client import Client, handle_file
+    photo = images_dir / "chelsea.jpg"
+    regions = json.dumps([{"box": [10, 20, 110, 220]}, {"polygon": [200, 50, 300, 50, 300, 150]}])
+    client = Client(web, verbose=False)
+    answer = client.predict(handle_file(str(photo)), regions, "What is <region1> next to <region2>?", 0, 0.7, 256,
+                            api_name="/ask")
+    assert answer == engine_answer(real_tok_rgpt_dir, Image.open(photo).convert("RGB"),
+                                   "What is <region1> next to <region2>?", regions)
+    with pytest.raises(Exception, match="outside the 451x300 image"):
+        client.predict(handle_file(str(photo)), json.dumps([{"box": [0, 0, 900, 10]}]), "<region1>?", 0, 0.7, 8,
+                       api_name="/ask")
+    with pytest.raises(Exception, match="unknown REGION field"):
+        client.predict(handle_file(str(photo)), json.dumps([{"circle": 1}]), "<region1>?", 0, 0.7, 8,
+                       api_name="/ask")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium: apt-get install chromium (.ci/run does)")
+def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+    shots = Path(os.environ.get("RGPT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    photo = images_dir / "chelsea.jpg"
+
+    def settle(page, timeout=120000):
+        page.wait_for_timeout(400)
+        page.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar, .meta-text, .generating')",
+                               timeout=timeout)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(web)
+            page.wait_for_selector("#editor input[type=file]", state="attached")
+            page.locator("#editor input[type=file]").first.set_input_files(str(photo))
+            settle(page)
+            # a brush stroke on the photo (the brush is the editor's tool after an upload)
+            canvas = page.locator("#editor canvas").first.bounding_box()
+            x, y = canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.55
+            page.mouse.move(x, y)
+            page.mouse.down()
+            for k in range(12):
+                page.mouse.move(x + 3 * k, y + k)
+            page.mouse.up()
+            page.wait_for_function("() => document.querySelector('#chips').innerText.includes('mask')",
+                                   timeout=60000)
+            # a box dragged in the Boxes tab
+            page.get_by_role("tab", name="Boxes").click()
+            page.wait_for_timeout(1000)
+            box = page.locator("#boxes canvas").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.25)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.60, steps=12)
+            page.mouse.up()
+            page.wait_for_function("() => document.querySelectorAll('#chips button').length == 2", timeout=60000)
+            settle(page)
+            # greedy answers, to compare with the engine's
+            page.get_by_text("Parameters").click()
+            page.locator("#temperature input[type=number]").fill("0")
+            page.locator("#temperature input[type=number]").press("Enter")
+            # the question, its regions inserted by clicking them
+            question = page.locator("#question textarea")
+            question.click()
+            question.type("What is ")
+            page.locator("#chips button").nth(1).click()
+            question.type(" next to ")
+            page.locator("#chips button").nth(0).click()
+            question.type("?")
+            asked = question.input_value()
+            assert asked == "What is <region2> next to <region1>?"
+            page.get_by_text("the regions as REGION JSON").click()
+            regions_json = page.locator("#regions-json .cm-content").inner_text()
+            page.click("#send")
+            page.wait_for_function("() => document.querySelectorAll('#chat .message').length >= 2", timeout=120000)
+            settle(page)
+            shown = page.locator("#chat .message").all_inner_texts()
+            expected = engine_answer(real_tok_rgpt_dir, Image.open(photo).convert("RGB"), asked, regions_json)
+            assert readable(shown[0]) == asked and readable(shown[-1]) == readable(expected) != ""
+            page.screenshot(path=str(shots / "web_demo.png"))
+            # a bad question: a sentence on the page, and the question back in its box
+            question.fill("And <region7>?")
+            page.click("#send")
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('region 7')",
+                                   timeout=60000)
+            assert "2 region(s) are drawn" in page.locator("#status").inner_text()
+            assert question.input_value() == "And <region7>?"
+            page.screenshot(path=str(shots / "web_demo_error.png"))
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_the_page_in_front_of_llavas_controller(tmp_path, real_tok_rgpt_dir, images_dir):
+    from gradio_client import Client, handle_file
+    servers = Servers(tmp_path)
+    try:
+        c_port, w_port, page_port = free_port(), free_port(), free_port()
+        controller = f"http://127.0.0.1:{c_port}"
+        servers.start("-m", "llava.serve.controller", "--host", "127.0.0.1", "--port", str(c_port),
+                      ready_url=controller + "/list_models", ready_method="post")
+        worker = servers.start("-m", "rgpt_llava.serve.model_worker", "--controller-address", controller,
+                               "--worker-address", f"http://127.0.0.1:{w_port}", "--port", str(w_port),
+                               "--model-path", real_tok_rgpt_dir, "--model-name", "tiny-rgpt", "--device", "cpu",
+                               ready_url=f"http://127.0.0.1:{w_port}/worker_get_status", ready_method="post")
+        url = f"http://127.0.0.1:{page_port}/"
+        servers.start("-m", "rgpt_llava.serve.gradio_web_server", "--controller-url", controller, "--host",
+                      "127.0.0.1", "--port", str(page_port), ready_url=url)
+        client = Client(url, verbose=False)
+        photo = images_dir / "chelsea.jpg"
+        regions = json.dumps([{"box": [10, 20, 110, 220]}])
+        answer = client.predict(handle_file(str(photo)), regions, "What is <region1>?", 0, 0.7, 12, api_name="/ask")
+        assert answer == engine_answer(real_tok_rgpt_dir, Image.open(photo).convert("RGB"), "What is <region1>?",
+                                       regions, max_new_tokens=12)
+        servers.stop(worker, kill=True)          # the model goes down: a sentence, not a stack trace
+        with pytest.raises(Exception, match="no worker serves the model 'tiny-rgpt'|does not answer"):
+            client.predict(handle_file(str(photo)), regions, "What is <region1>?", 0, 0.7, 12, api_name="/ask")
+    finally:
+        servers.close()

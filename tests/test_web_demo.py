@@ -97,7 +97,7 @@ def engine_answer(tiny_rgpt_dir, photo: Image.Image, question: str, regions_json
 
 
 @pytest.mark.slow
-def test_gradio_client_asks_about_regions(web, real_tok_rgpt_dir, images_dir):
+def test_gradio_client_asks_about_regions(web, real_tok_rgpt_dir, images_dir, tmp_path):
     from gradio_client import Client, handle_file
     photo = images_dir / "chelsea.jpg"
     regions = json.dumps([{"box": [10, 20, 110, 220]}, {"polygon": [200, 50, 300, 50, 300, 150]}])
@@ -112,6 +112,13 @@ def test_gradio_client_asks_about_regions(web, real_tok_rgpt_dir, images_dir):
     with pytest.raises(Exception, match="unknown REGION field"):
         client.predict(handle_file(str(photo)), json.dumps([{"circle": 1}]), "<region1>?", 0, 0.7, 8,
                        api_name="/ask")
+    # a phone photo (stored 40 x 20, EXIF orientation 6): its regions are read in the frame a viewer shows, 20 x 40
+    phone = Image.new("RGB", (40, 20), (90, 90, 90))
+    exif = phone.getexif()
+    exif[0x0112] = 6
+    phone.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert client.predict(handle_file(str(tmp_path / "phone.jpg")), json.dumps([{"box": [0, 25, 20, 40]}]),
+                          "What is <region1>?", 0, 0.7, 4, api_name="/ask") is not None
 
 
 @pytest.mark.slow

@@ -52,7 +52,8 @@ BOX_TOLERANCE_PX = 1.0
 _SPEC_KINDS = ("box", "mask", "polygon", "rle")
 _SPEC_HELP = ("expected 'box:x1,y1,x2,y2', 'mask:PATH.png', 'polygon:x1,y1,x2,y2,...', 'rle:PATH.json', "
               "a dict with 'box' / 'bbox' / 'segmentation' / 'mask', a list of 4 box numbers, "
-              "or a 2-D mask (numpy array, torch tensor, PIL image)")
+              "a 2-D mask (numpy array, torch tensor, PIL image), or, with SAM, 'point:x,y[,label]', "
+              "'scribble:PATH.png', 'snap:x1,y1,x2,y2'")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class Region:
     box: tuple
     source: str = ""                                   # short description of the user's spec, for error messages
     image_size: Optional[tuple] = None                 # (width, height) the region was parsed against
+    score: Optional[float] = field(default=None, compare=False)   # SAM's predicted IoU, for a mask SAM made
     _values: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     _origin: Optional[Tuple[int, int]] = field(default=None, repr=False, compare=False)
 
@@ -398,6 +400,9 @@ def parse_region(spec: Any, index: int, image_size: tuple) -> Region:
     image_size = (width, height)
     source = _describe(spec)
     name = f"region {index + 1} ({source})"
+    from rgpt_llava.sam import needs_sam, require_sam
+    if needs_sam(spec):   # points, scribbles, snapped boxes: process_regions(..., image=, sam=) resolves them
+        raise require_sam(name)
 
     if isinstance(spec, str):
         kind, sep, body = spec.strip().partition(":")
@@ -606,16 +611,23 @@ def _row_ranges(a: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def process_regions(regions: Sequence[Any], image_size: tuple, image_processor: Any,
-                    image_aspect_ratio: Any = "pad") -> torch.Tensor:
+                    image_aspect_ratio: Any = "pad", image: Any = None, sam: Any = None) -> torch.Tensor:
     """Masks ``[R, crop_h, crop_w]`` (float32, values in [0, 1]) aligned pixel-for-pixel with
     ``llava.mm_utils.process_images`` output for an image of ``image_size = (width, height)``.
 
     ``regions``: specs accepted by :func:`parse_region` (index = position in the list) or ready :class:`Region`
-    objects. Each output pixel is the fraction of it covered by the region (area weighting). A region that the centre
-    crop cuts away entirely is a ``ValueError``; one cut partly keeps its visible part."""
+    objects; with ``sam`` (a :class:`rgpt_llava.sam.SamPrompter`) and the PIL ``image``, also prompts for SAM
+    (points, scribbles, snapped boxes: :mod:`rgpt_llava.sam`). Each output pixel is the fraction of it covered by the
+    region (area weighting). A region that the centre crop cuts away entirely is a ``ValueError``; one cut partly
+    keeps its visible part."""
     geo = image_geometry(image_size, image_processor, image_aspect_ratio)
     width, height = geo.image_size
     out_h, out_w = geo.out_size
+    if sam is not None:
+        if image is None or tuple(image.size) != (width, height):
+            raise ValueError("process_regions: SAM prompts need the image itself: pass image= (a PIL image of "
+                             f"size {width}x{height}) with sam=")
+        regions = sam.resolve(regions, image)
     parsed = [parse_region(spec, i, (width, height)) for i, spec in enumerate(regions)]
     result = torch.zeros(len(parsed), out_h, out_w, dtype=torch.float32)
     if not parsed:

@@ -1,8 +1,9 @@
 """Tiny LLaVA-format checkpoints built from scratch, offline (tests, demo, benchmarks).
 
 ``python -m rgpt_llava.tiny --out DIR [--tokenizer PATH]`` writes ``DIR/clip`` (a tiny ``CLIPVisionModel`` with its
-image processor) and ``DIR/llava`` (a tiny LLaVA-1.5-style checkpoint: Llama + 2-layer MLP projector) with random
-weights. Without ``--tokenizer`` a small SentencePiece tokenizer is trained on the fly.
+image processor), ``DIR/llava`` (a tiny LLaVA-1.5-style checkpoint: Llama + 2-layer MLP projector) and ``DIR/sam`` (a
+tiny ``SamModel`` for ``--sam-model``) with random weights. Without ``--tokenizer`` a small SentencePiece tokenizer
+is trained on the fly.
 """
 import argparse
 import os
@@ -61,6 +62,29 @@ def build_tiny_clip(out_dir, image_size: int = 56, patch_size: int = 14, hidden_
     CLIPVisionModel(cfg).save_pretrained(out_dir)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def build_tiny_sam(out_dir, image_size: int = 64, seed: int = 0):
+    """A random ``SamModel`` + ``SamProcessor`` (the layout of a ``facebook/sam-vit-base`` download, at a width of
+    32 and a 64-pixel input instead of 1024) for ``--sam-model``."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import (SamMaskDecoderConfig, SamPromptEncoderConfig,
+                                                           SamVisionConfig)
+
+    patch = 8
+    torch.manual_seed(seed)
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                                      image_size=image_size, patch_size=patch, mlp_dim=64, global_attn_indexes=[1],
+                                      window_size=4, num_pos_feats=8),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=16, image_size=image_size, patch_size=patch,
+                                                     mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                 mlp_dim=32, iou_head_hidden_dim=16))
+    SamModel(cfg).save_pretrained(out_dir)
+    SamProcessor(SamImageProcessor(size={"longest_edge": image_size},
+                                   pad_size={"height": image_size, "width": image_size})).save_pretrained(out_dir)
     return str(out_dir)
 
 
@@ -139,7 +163,8 @@ def main(argv=None):
         parser.error(f"--tokenizer {tok_dir}: no such folder")
     clip = build_tiny_clip(out / "clip", image_size=args.image_size, seed=args.seed)
     llava = build_tiny_llava(out / "llava", tok_dir, clip, seed=args.seed)
-    print(f"tiny LLaVA checkpoint (random weights): {llava}\ntiny CLIP tower: {clip}")
+    sam = build_tiny_sam(out / "sam", seed=args.seed)
+    print(f"tiny LLaVA checkpoint (random weights): {llava}\ntiny CLIP tower: {clip}\ntiny SAM: {sam}")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,15 @@ def rgpt_model(tiny_llava_dir):
 def tokenizer(tiny_llava_dir):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(tiny_llava_dir, use_fast=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory):
+    from rgpt_llava.tiny import build_tiny_sam
+    return build_tiny_sam(tmp_path_factory.mktemp("sam"))
+
+
+@pytest.fixture(scope="session")
+def sam(tiny_sam_dir):
+    from rgpt_llava.sam import SamPrompter
+    return SamPrompter(tiny_sam_dir, device="cpu")

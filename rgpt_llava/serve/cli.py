@@ -5,7 +5,9 @@
 
 With ``--query`` it prints one answer; otherwise it opens an interactive chat (empty line or EOF ends it).
 Region specs: ``box:x1,y1,x2,y2`` (original pixels), ``mask:FILE.png``, ``polygon:x1,y1,x2,y2,...``,
-``rle:FILE.json`` (a COCO RLE). ``<region>`` takes the regions in order; ``<regionN>`` names the N-th.
+``rle:FILE.json`` (a COCO RLE); with ``--sam-model PATH``, prompts that SAM turns into masks: ``point:x,y[,label]``
+(``;`` between clicks, label 1 on the object / 0 not), ``scribble:FILE.png`` (brush strokes), ``snap:x1,y1,x2,y2``
+(a box refined to the object). ``<region>`` takes the regions in order; ``<regionN>`` names the N-th.
 """
 import argparse
 import sys
@@ -16,6 +18,7 @@ from llava.conversation import conv_templates
 
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN
 from rgpt_llava.geometry import parse_region
+from rgpt_llava.sam import SamPrompter, needs_sam
 from rgpt_llava.mm_utils import check_region_references
 from rgpt_llava.model.builder import CheckpointError
 from rgpt_llava.serve.engine import RegionEngine, Sampling
@@ -26,7 +29,8 @@ def describe_regions(regions):
     lines = []
     for r in regions:
         box = ", ".join(f"{v:g}" for v in r.box)
-        lines.append(f"  region {r.index + 1}: {r.kind}, box [{box}]")
+        made = f" made by SAM from {r.source[len('SAM, '):]} (predicted IoU {r.score:.2f})" if r.score is not None else ""
+        lines.append(f"  region {r.index + 1}: {r.kind}{made}, box [{box}]")
     return "\n".join(lines)
 
 
@@ -66,7 +70,11 @@ def build_parser():
     p.add_argument("--model-base", default=None)
     p.add_argument("--image-file", required=True)
     p.add_argument("--region", action="append", default=[], metavar="SPEC",
-                   help="box:x1,y1,x2,y2 | mask:FILE.png | polygon:x1,y1,... | rle:FILE.json (repeatable)")
+                   help="box:x1,y1,x2,y2 | mask:FILE.png | polygon:x1,y1,... | rle:FILE.json; with --sam-model: "
+                        "point:x,y[,label][;x,y[,label]] | scribble:FILE.png | snap:x1,y1,x2,y2 (repeatable)")
+    p.add_argument("--sam-model", default=None, metavar="PATH",
+                   help="a local SAM folder (facebook/sam-vit-base or -huge): turns point / scribble / snap prompts "
+                        "into masks")
     p.add_argument("--query", default=None, help="one question; without it, an interactive chat")
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -84,7 +92,11 @@ def main(argv=None):
         # EXIF orientation applied: a region drawn on a phone photo lands where the viewer showed it.
         image = load_image_file(args.image_file).convert("RGB")
         # Parse regions before loading the model: bad input fails in a second, not after minutes of loading.
-        regions = [parse_region(spec, i, image.size) for i, spec in enumerate(args.region)]
+        sam = None
+        if args.sam_model and any(needs_sam(spec) for spec in args.region):
+            sam = SamPrompter(args.sam_model, args.device)
+        regions = [sam.region(spec, i, image) if sam and needs_sam(spec) else parse_region(spec, i, image.size)
+                   for i, spec in enumerate(args.region)]
         if args.query is not None:
             check_region_references(args.query, len(regions), require_all=True)
         engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit)

@@ -142,6 +142,7 @@ class RegionEngine:
         self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
         self.context_len = context_len or getattr(model.config, "max_position_embeddings", 2048)
         self.max_regions, self.name = max_regions, name
+        self.sam = None        # a rgpt_llava.sam.SamPrompter: turns points / scribbles / snapped boxes into masks
         self.aspect = getattr(model.config, "image_aspect_ratio", "pad")
         h, w = model.merge_size()
         self.image_tokens = h * w
@@ -153,14 +154,19 @@ class RegionEngine:
 
     @classmethod
     def load(cls, model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
-             load_8bit: bool = False, load_4bit: bool = False, **kwargs) -> "RegionEngine":
+             load_8bit: bool = False, load_4bit: bool = False, sam_model: Optional[str] = None,
+             **kwargs) -> "RegionEngine":
         from rgpt_llava.model.builder import load_pretrained_model
+        from rgpt_llava.sam import SamPrompter
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        sam = SamPrompter(sam_model, device) if sam_model else None    # first: a wrong path fails in seconds
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, model_base, None, load_8bit=load_8bit, load_4bit=load_4bit, device=device)
         # batched decoding pads on the left (generation re-pads the spliced sequences by this setting)
         model.config.tokenizer_padding_side = "left"
-        return cls(tokenizer, model, image_processor, context_len, **kwargs)
+        engine = cls(tokenizer, model, image_processor, context_len, **kwargs)
+        engine.sam = sam
+        return engine
 
     # ---- checking ------------------------------------------------------------------------------------------------
     def tokenize(self, prompt: str, num_regions: int, has_image: bool, param: str = "prompt",

@@ -11,8 +11,10 @@ the servers answer them with a 4xx.
   in that frame.) An RGBA / LA image whose alpha channel is not fully opaque carries one mask (nonzero alpha =
   inside), the convention of Describe-Anything's server: :func:`split_alpha`.
 * REGION (``region.schema.json``, docs/SERVING.md): ``{"box": [x1, y1, x2, y2]}``, ``{"polygon": [...]}``,
-  ``{"rle": {"size": [h, w], "counts": ...}}``, ``{"mask": "data:image/png;base64,..."}``; nothing else (a server
-  never reads files named by a client).
+  ``{"rle": {"size": [h, w], "counts": ...}}``, ``{"mask": "data:image/png;base64,..."}``, and prompts that SAM turns
+  into masks where the server has ``--sam-model`` (:mod:`rgpt_llava.sam`): ``{"points": [[x, y], ...], "labels":
+  [1, 0, ...]}``, ``{"scribble": "data:image/png;base64,..."}``, ``{"box": [...], "snap": true}``; nothing else (a
+  server never reads files named by a client).
 """
 import base64
 import binascii
@@ -26,11 +28,13 @@ from typing import Any, List, Optional, Sequence, Tuple
 from PIL import Image, ImageOps
 
 from rgpt_llava.geometry import Region, parse_region
+from rgpt_llava.sam import needs_sam, require_sam
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024        # decoded size of one image (or mask) in a request
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024       # PIL's decompression-bomb guard, per image
 MAX_REGIONS = 64                          # regions per request (--max-regions on the servers)
-REGION_KINDS = ("box", "polygon", "rle", "mask")
+REGION_KINDS = ("box", "polygon", "rle", "mask", "points", "scribble")
+COMPANIONS = {"labels": "points", "snap": "box"}          # fields allowed beside a kind
 SCHEMA_PATH = Path(__file__).with_name("region.schema.json")
 _DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,", re.IGNORECASE)
 
@@ -144,13 +148,16 @@ def check_region_json(obj: Any, param: str) -> str:
         raise InputError(f"a REGION must be an object such as {{\"box\": [x1, y1, x2, y2]}}, got "
                          f"{type(obj).__name__}", param)
     kinds = [k for k in obj if k in REGION_KINDS]
-    unknown = sorted(str(k) for k in obj if k not in REGION_KINDS)
+    unknown = sorted(str(k) for k in obj if k not in REGION_KINDS and k not in COMPANIONS)
     if unknown:
         raise InputError(f"unknown REGION field(s) {unknown}; a REGION has exactly one of {', '.join(REGION_KINDS)}",
                          param)
     if len(kinds) != 1:
         raise InputError(f"a REGION has exactly one of {', '.join(REGION_KINDS)}, got {kinds or 'none'}", param)
     kind = kinds[0]
+    stray = [k for k, owner in COMPANIONS.items() if k in obj and owner != kind]
+    if stray:
+        raise InputError(f"{stray[0]!r} belongs with {COMPANIONS[stray[0]]!r}, not with {kind!r}", param)
     errors = list(_leaf_errors(_kind_validator(kind).iter_errors(obj)))
     if errors:
         # the shallowest problem reads best ("polygon: [...] is too short" rather than one alternative's detail);
@@ -179,15 +186,16 @@ def _short(text: str, limit: int = 160) -> str:
 def region_spec(obj: Any, param: str) -> Any:
     """A checked REGION as a spec for :func:`rgpt_llava.geometry.parse_region` (a mask's data URL decoded)."""
     kind = check_region_json(obj, param)
-    if kind == "mask":
-        return {"mask": open_image_bytes(decode_base64(obj["mask"], param, "mask"), param, "mask")}
+    if kind in ("mask", "scribble"):
+        return {**obj, kind: open_image_bytes(decode_base64(obj[kind], param, kind), param, kind)}
     return obj
 
 
 def parse_regions(items: Sequence[Tuple[Any, str]], image_size: Tuple[int, int],
-                  max_regions: int = MAX_REGIONS) -> List[Region]:
+                  max_regions: int = MAX_REGIONS, image: Optional[Image.Image] = None, sam=None) -> List[Region]:
     """``items``: (spec, param) pairs, numbered 1.. in order; specs are REGION JSON, a decoded mask image or a
-    :class:`Region`. Each is parsed against the image by :func:`rgpt_llava.geometry.parse_region`."""
+    :class:`Region`. Each is parsed against the image by :func:`rgpt_llava.geometry.parse_region`; prompts for SAM
+    are resolved by ``sam`` (a :class:`rgpt_llava.sam.SamPrompter`) on ``image``."""
     if len(items) > max_regions:
         raise InputError(f"{len(items)} regions in one request; the limit is {max_regions} (the server's "
                          f"--max-regions)", items[max_regions][1])
@@ -196,7 +204,12 @@ def parse_regions(items: Sequence[Tuple[Any, str]], image_size: Tuple[int, int],
         if not isinstance(spec, (Region, Image.Image)):
             spec = region_spec(spec, param)
         try:
-            regions.append(parse_region(spec, k, image_size))
+            if needs_sam(spec):
+                if sam is None or image is None:
+                    raise require_sam(f"region {k + 1}", "this REGION")
+                regions.append(sam.region(spec, k, image))
+            else:
+                regions.append(parse_region(spec, k, image_size))
         except (ValueError, FileNotFoundError) as e:
             raise InputError(str(e), param) from None
     return regions

@@ -71,7 +71,7 @@ def parse_params(engine: RegionEngine, params) -> Tuple[Job, str]:
             items.append((alpha, "images[0] (alpha channel)"))
     for k, region in enumerate(regions[0] if regions else []):
         items.append((region, f"regions[0][{k}]"))
-    parsed = parse_regions(items, image.size, engine.max_regions) if items else []
+    parsed = parse_regions(items, image.size, engine.max_regions, image=image, sam=engine.sam) if items else []
     sampling = Sampling(temperature=_number(params, "temperature", 1.0, 0.0, 100.0),
                         top_p=_number(params, "top_p", 1.0, 0.0, 1.0),
                         max_new_tokens=min(int(_number(params, "max_new_tokens", 256, 1, 1e9)), MAX_NEW_TOKENS_CAP),
@@ -231,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--limit-model-concurrency", type=int, default=5)
     p.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
+    p.add_argument("--sam-model", default=None, metavar="PATH",
+                   help="a local SAM folder: accept points, scribbles and snapped boxes as regions")
     p.add_argument("--no-register", action="store_true", help="serve without a controller")
     args = p.parse_args(argv)
     if args.limit_model_concurrency < 1:
@@ -241,9 +243,10 @@ def main(argv=None) -> int:
     from rgpt_llava.serve.engine import model_name_of
     try:
         engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
-                                   max_regions=args.max_regions)
+                                   max_regions=args.max_regions, sam_model=args.sam_model)
     except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"error: --model-path {args.model_path}: {e}", file=sys.stderr)
+        print(f"error: {'' if str(e).startswith('--sam-model') else f'--model-path {args.model_path}: '}{e}",
+              file=sys.stderr)
         return 2
     name = args.model_name or model_name_of(args.model_path)
     worker_addr = args.worker_address or f"http://{args.host}:{args.port}"

@@ -17,6 +17,10 @@ not opaque carries one mask region, numbered where the image stands. One image p
 RGPT's extension: ``"per_region": true`` asks the question once per region of the request -- choice ``i`` answers
 about region ``i + 1`` -- decoded as one batch on one image encoding (describe everything in one request).
 
+With ``--sam-model PATH``, regions may also be prompts that SAM turns into masks (``{"points": ...}``,
+``{"scribble": ...}``, ``{"box": ..., "snap": true}``). ``POST /v1/regions/describe`` answers one prompt per region of
+one image -- the regions given, or SAM's automatic proposals -- with each region's mask (COCO RLE), box and text.
+
 Errors are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
 """
 import argparse
@@ -32,8 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, REGION_PLACEHOLDER_PATTERN
+from rgpt_llava.geometry import Region
 from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on, model_name_of, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha
+from rgpt_llava.sam import needs_sam
 
 _PLACEHOLDER = re.compile(REGION_PLACEHOLDER_PATTERN)
 MAX_N = 16
@@ -327,6 +333,7 @@ class LocalBackend:
     def __init__(self, engine: RegionEngine, conv_mode: str):
         self.engine, self.conv_mode = engine, conv_mode
         self.executor = engine.executor
+        self.sam = engine.sam
 
     def models(self) -> List[str]:
         return [self.engine.name]
@@ -344,7 +351,8 @@ class LocalBackend:
             for keep in choices:
                 turns, regions = render(req, keep)
                 prompt = conversation_prompt(turns, req.system, mode)
-                items.append((prompt, parse_regions(regions, image_size, self.engine.max_regions) if regions else []))
+                items.append((prompt, parse_regions(regions, image_size, self.engine.max_regions, image=req.image,
+                                                    sam=self.sam) if regions else []))
             job = self.engine.prepare(req.image, items, req.sampling, param="messages")
         except InputError as e:
             raise _bad(str(e), e.param) from None
@@ -362,8 +370,10 @@ class ControllerBackend:
     """Forwards to the model workers behind LLaVA's controller (``rgpt_llava.serve.model_worker``), one worker
     request per choice; a worker that is gone is dropped by ``/refresh_all_workers`` and the request retried."""
 
-    def __init__(self, controller: str, conv_mode: str, timeout: float = 600.0):
+    def __init__(self, controller: str, conv_mode: str, timeout: float = 600.0, sam=None):
         self.controller, self.conv_mode, self.timeout = controller.rstrip("/"), conv_mode, timeout
+        self.sam = sam     # prompts for SAM are resolved here when given; otherwise the worker's --sam-model does it
+        self.executor = None
 
     def _post(self, path: str, payload: Optional[dict] = None) -> dict:
         import requests
@@ -403,6 +413,8 @@ class ControllerBackend:
         calls = []
         for keep in (range(req.region_count()) if req.per_region else [None] * req.n):
             turns, regions = render(req, keep)
+            if self.sam is not None:
+                regions = [(self._resolved(spec, param, req.image), param) for spec, param in regions]
             payload = {"model": model, "prompt": conversation_prompt(turns, req.system, mode),
                        "images": [image_b64] if image_b64 else [],
                        "regions": [[_region_json(spec) for spec, _ in regions]] if image_b64 else [],
@@ -446,6 +458,14 @@ class ControllerBackend:
                     sent = len(answer)
         return events(), usage
 
+    def _resolved(self, spec: Any, param: str, image) -> Any:
+        if not isinstance(spec, dict) or not needs_sam(spec):
+            return spec
+        try:
+            return parse_regions([(spec, param)], image.size, image=image, sam=self.sam)[0]
+        except InputError as e:
+            raise _bad(str(e), e.param) from None
+
 
 def _worker_error(r) -> str:
     try:
@@ -455,12 +475,73 @@ def _worker_error(r) -> str:
 
 
 def _region_json(spec: Any) -> Any:
-    """A region for the worker: REGION JSON as given, a decoded mask (an alpha channel) as a PNG data URL."""
+    """A region for the worker: REGION JSON as given, a decoded mask (an alpha channel, a mask SAM made) as a PNG
+    data URL."""
     if isinstance(spec, dict):
         return spec
+    if isinstance(spec, Region):
+        from PIL import Image
+        from rgpt_llava.serve.describe import full_mask
+        spec = Image.fromarray(full_mask(spec, *spec.image_size).astype("uint8") * 255)
     buf = io.BytesIO()
     spec.save(buf, format="PNG")
     return {"mask": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# describe everything
+# ---------------------------------------------------------------------------------------------------------------------
+DESCRIBE_KEYS = {"model", "image", "regions", "prompt", "max_regions", "max_tokens", "conv_mode", "points_per_side",
+                 "pred_iou_thresh", "stability_score_thresh"}
+
+
+def parse_describe_request(body: Any, backend, max_regions: int = MAX_REGIONS) -> Tuple[ChatRequest, List[Region]]:
+    """``POST /v1/regions/describe``: the image, its regions (given, with SAM's prompts resolved, or proposed by SAM)
+    and the per-region request that answers the prompt about each."""
+    from rgpt_llava.mm_utils import region_references
+    from rgpt_llava.serve.describe import DEFAULT_PROMPT, proposals
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    unknown = sorted(k for k in body if k not in DESCRIBE_KEYS)
+    if unknown:
+        raise _bad(f"unrecognized argument(s): {', '.join(unknown)} (known: {', '.join(sorted(DESCRIBE_KEYS))})",
+                   unknown[0])
+    model, conv_mode, prompt = body.get("model"), body.get("conv_mode"), body.get("prompt", DEFAULT_PROMPT)
+    for key, value in (("model", model), ("conv_mode", conv_mode)):
+        if value is not None and not isinstance(value, str):
+            raise _bad(f"{key} must be a string", key)
+    if not isinstance(prompt, str) or sorted(set(region_references(prompt))) != [0]:
+        raise _bad(f"prompt must be a string that names the one region as <region1>, e.g. {DEFAULT_PROMPT!r}",
+                   "prompt")
+    limit = _number(body, "max_regions", max_regions, 1, max_regions, integer=True)
+    max_tokens = _number(body, "max_tokens", 64, 1, MAX_TOKENS_CAP, integer=True)
+    if not isinstance(body.get("image"), str):
+        raise _bad("image must be a data URL (data:image/jpeg;base64,...) or base64", "image")
+    try:
+        image = decode_image(body["image"], "image").convert("RGB")
+        given = body.get("regions")
+        if given is not None:
+            if not isinstance(given, list) or not given:
+                raise _bad("regions must be a non-empty list of REGION objects (or left out: SAM proposes them)",
+                           "regions")
+            regions = parse_regions([(r, f"regions[{k}]") for k, r in enumerate(given)], image.size, max_regions,
+                                    image=image, sam=backend.sam)
+        else:
+            if backend.sam is None:
+                raise _bad("no regions were given and this server has no SAM to propose them: send regions, or "
+                           "start the server with --sam-model PATH", "regions")
+            grid = {"points_per_side": _number(body, "points_per_side", 32, 1, 128, integer=True),
+                    "pred_iou_thresh": _number(body, "pred_iou_thresh", 0.88, 0.0, 1.0),
+                    "stability_score_thresh": _number(body, "stability_score_thresh", 0.95, 0.0, 1.0)}
+            regions = proposals(backend.sam, image, limit, **grid)
+    except InputError as e:
+        raise _bad(str(e), e.param) from None
+    parts = [Part("image", param="image")] + [Part("region", region=r, param=f"regions[{r.index}]") for r in regions]
+    parts.append(Part("text", prompt, param="prompt"))
+    req = ChatRequest(model, None, [Message("user", parts, "prompt")], image,
+                      Sampling(temperature=0.0, max_new_tokens=int(max_tokens)), per_region=True,
+                      conv_mode=conv_mode)
+    return req, regions
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -552,6 +633,33 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
+    @app.post("/v1/regions/describe")
+    async def describe(request: Request):
+        from rgpt_llava.serve.describe import records
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            return error(_bad(f"the request body is not valid JSON ({e})"))
+        try:
+            req, regions = await run_on(executor, parse_describe_request, body, backend, max_regions)
+            texts = [""] * len(regions)
+            if regions:
+                events, usage = await run_on(executor, backend.start, req)
+                async with gate():
+                    async for evs in iterate_on(executor, events):
+                        for ev in evs:
+                            if ev.error:
+                                raise APIError(502, ev.error, type_="server_error")
+                            texts[ev.index] += ev.text
+            else:
+                usage = Usage()
+        except APIError as e:
+            return error(e)
+        width, height = req.image.size
+        return {"object": "region.descriptions", "model": req.model or (await run_on(None, backend.models))[0],
+                "width": width, "height": height, "prompt": req.messages[0].parts[-1].text,
+                "regions": records(regions, [t.strip() for t in texts], width, height), "usage": usage.body()}
+
     return app
 
 
@@ -570,6 +678,8 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
     p.add_argument("--limit-concurrency", type=int, default=5, help="requests generating at once; others queue")
+    p.add_argument("--sam-model", default=None, metavar="PATH",
+                   help="a local SAM folder: points, scribbles and snapped boxes as regions; region proposals")
     args = p.parse_args(argv)
     for flag in ("max_regions", "limit_concurrency"):
         if getattr(args, flag) < 1:
@@ -578,14 +688,21 @@ def main(argv=None) -> int:
         from rgpt_llava.model.builder import CheckpointError
         try:
             engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
-                                       max_regions=args.max_regions,
+                                       max_regions=args.max_regions, sam_model=args.sam_model,
                                        name=args.model_name or model_name_of(args.model_path))
         except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-            print(f"error: --model-path {args.model_path}: {e}", file=sys.stderr)
+            where = "" if str(e).startswith("--sam-model") else f"--model-path {args.model_path}: "
+            print(f"error: {where}{e}", file=sys.stderr)
             return 2
         backend = LocalBackend(engine, args.conv_mode)
     else:
-        backend = ControllerBackend(args.controller_address, args.conv_mode)
+        from rgpt_llava.sam import SamModelError, SamPrompter
+        try:
+            sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
+        except SamModelError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        backend = ControllerBackend(args.controller_address, args.conv_mode, sam=sam)
     import uvicorn
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(build_app(backend, args.max_regions, args.limit_concurrency), host=args.host, port=args.port,

@@ -23,6 +23,16 @@ def area_weights(src_len: int, dst_len: int, dtype=torch.float64, device=None) -
     return overlap.to(dtype) / src_len
 
 
+def area_resize_rows(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``area_weights(H, length) @ x`` for ``x`` of shape ``[..., H, W]``, applied blockwise as in
+    :func:`area_resize` (cost proportional to ``H * W``, not ``length * H * W``)."""
+    hm, wm = x.shape[-2:]
+    g = math.gcd(hm, length)
+    wy = area_weights(hm // g, length // g, dtype=x.dtype, device=x.device)  # [length/g, hm/g]
+    lead = x.shape[:-2]
+    return torch.matmul(wy, x.reshape(*lead, g, hm // g, wm)).reshape(*lead, length, wm)
+
+
 def area_resize(masks: torch.Tensor, size) -> torch.Tensor:
     """Area-weighted resize of ``[..., H, W]`` to ``[..., h, w]``: ``area_weights(H, h) @ M @ area_weights(W, w).T``.
 
@@ -32,9 +42,12 @@ def area_resize(masks: torch.Tensor, size) -> torch.Tensor:
     """
     hm, wm = masks.shape[-2:]
     h, w = size
-    gy, gx = math.gcd(hm, h), math.gcd(wm, w)
-    wy = area_weights(hm // gy, h // gy, dtype=masks.dtype, device=masks.device)  # [h/gy, hm/gy]
+    if (hm, wm) == (h, w):
+        # area_weights(n, n) is the identity: masks already at the target size (e.g. made at the refined map's
+        # resolution by rgpt_llava.geometry.process_regions(map_size=...)) are returned as they are.
+        return masks
+    gx = math.gcd(wm, w)
     wx = area_weights(wm // gx, w // gx, dtype=masks.dtype, device=masks.device)  # [w/gx, wm/gx]
     lead = masks.shape[:-2]
-    rows = torch.matmul(wy, masks.reshape(*lead, gy, hm // gy, wm)).reshape(*lead, h, wm)
+    rows = area_resize_rows(masks, h)
     return torch.matmul(rows.reshape(*lead, h, gx, wm // gx), wx.T).reshape(*lead, h, w)

@@ -14,7 +14,9 @@ slice)::
 where ``M`` is the region's values inside its tight integer bounding box. Two consequences we rely on:
 
 * cost grows with the region's area, not the image's (hundreds of regions per image stay cheap), because only the
-  bounding box of ``M`` and the (banded) rows of ``Ay`` / ``Ax`` that it touches take part;
+  bounding box of ``M`` and the (banded) rows of ``Ay`` / ``Ax`` that it touches take part; a box (any ``M`` that
+  is exactly a column times a row, a rectangle given as a mask too) is ``(Ay a) (Ax b).T``: a product of
+  two vectors instead of a matrix product over its area;
 * a box and the same rectangle given as a mask / polygon / RLE produce the same ``M`` and go through the same code
   path, so their outputs are bit-identical (``torch.equal``), not merely close.
 
@@ -33,7 +35,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from rgpt_llava.area import area_weights
+from rgpt_llava.area import area_resize_rows, area_weights
 
 __all__ = [
     "Region",
@@ -81,6 +83,19 @@ class Region:
         """``"region 2 (box:1,2,3,4)"``: how error messages refer to this region."""
         return f"region {self.index + 1}" + (f" ({self.source})" if self.source else "")
 
+    def box_profiles(self, width: int, height: int) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
+        """A box's coverage per pixel row and per pixel column (its rasterised values are their outer product), and
+        the top-left ``(x0, y0)`` of its integer bounding box."""
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        # Clip here too: Region objects may be built by hand, not only by parse_region.
+        x1, x2 = max(x1, 0.0), min(x2, float(width))
+        y1, y2 = max(y1, 0.0), min(y2, float(height))
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"{self.name}: box {tuple(self.box)} does not overlap the {width}x{height} image")
+        cov_x, x0 = _coverage_1d(x1, x2)
+        cov_y, y0 = _coverage_1d(y1, y2)
+        return cov_y, cov_x, (x0, y0)
+
     def rasterize(self, width: int, height: int) -> Tuple[np.ndarray, Tuple[int, int]]:
         """The region's float64 values inside its integer bounding box, and that box's top-left ``(x0, y0)``.
 
@@ -88,15 +103,8 @@ class Region:
         inside the box, so integer boxes give binary rectangles over pixels ``x1..x2-1``, ``y1..y2-1`` (the same
         pixels pycocotools fills for the polygon of that rectangle)."""
         if self.kind == "box":
-            x1, y1, x2, y2 = (float(v) for v in self.box)
-            # Clip here too: Region objects may be built by hand, not only by parse_region.
-            x1, x2 = max(x1, 0.0), min(x2, float(width))
-            y1, y2 = max(y1, 0.0), min(y2, float(height))
-            if x2 <= x1 or y2 <= y1:
-                raise ValueError(f"{self.name}: box {tuple(self.box)} does not overlap the {width}x{height} image")
-            cov_x, x0 = _coverage_1d(x1, x2)
-            cov_y, y0 = _coverage_1d(y1, y2)
-            return np.outer(cov_y, cov_x), (x0, y0)
+            cov_y, cov_x, origin = self.box_profiles(width, height)
+            return np.outer(cov_y, cov_x), origin
         if self._values is None or self._origin is None:
             raise ValueError(f"{self.name}: a '{self.kind}' region carries no rasterised values; build it with "
                              f"parse_region")
@@ -599,6 +607,19 @@ def image_geometry(image_size: tuple, image_processor: Any, image_aspect_ratio: 
                          y=_Axis(h0, pad_y, ph, rh, off_y, out_h))
 
 
+def _rank_one(values: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """``(a, b)`` with ``np.outer(a, b) == values`` exactly (a box's coverage, or a mask that is a rectangle), else
+    None. The factors are read off ``values`` alone (the column and row through its largest value), so equal values
+    get equal factors whatever kind of region they came from: a box and its rectangle as a mask stay bit-identical.
+    Checking costs one pass over the region, the separable product then ``O(h + w)`` instead of ``O(h * w)``."""
+    i0, j0 = np.unravel_index(int(np.argmax(values)), values.shape)
+    pivot = values[i0, j0]
+    if pivot <= 0:
+        return None
+    a, b = values[:, j0], values[i0, :] / pivot
+    return (a, b) if np.array_equal(np.outer(a, b), values) else None
+
+
 def _row_ranges(a: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     """For each source column of ``a`` ([out, src]), the first and one-past-last output rows it touches (``lo = out``,
     ``hi = 0`` where it touches none: cut away by the crop)."""
@@ -610,10 +631,33 @@ def _row_ranges(a: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=64)
+def _operators(geo: ImageGeometry, map_size: Optional[Tuple[int, int]]):
+    """``(Ay, Ax, rows reached by each source row, columns reached by each source column)`` of one geometry, made once
+    per image size (photos of a data set or a server share a few sizes; building them is most of a call's fixed
+    cost). Read-only: callers slice them."""
+    ay, ax = geo.weights()
+    if map_size is not None:
+        # The model pools a [crop_h, crop_w] mask M on its h x w map as area_weights(crop_h, h) @ M @
+        # area_weights(crop_w, w).T (rgpt_llava.area.area_resize). The operators compose: applying that one to the
+        # image's operators gives the same cells straight from the original pixels, still banded, and no
+        # [crop_h, crop_w] mask exists anywhere (its resize no longer runs on the accelerator either).
+        ay, ax = area_resize_rows(ay, map_size[0]), area_resize_rows(ax, map_size[1])
+    # The operators are banded: a source pixel only reaches a few output pixels. Restricting each product to the
+    # output rows/cols that the region's bbox touches makes the cost proportional to the region, not the image.
+    return ay, ax, _row_ranges(ay), _row_ranges(ax)
+
+
 def process_regions(regions: Sequence[Any], image_size: tuple, image_processor: Any,
-                    image_aspect_ratio: Any = "pad", image: Any = None, sam: Any = None) -> torch.Tensor:
+                    image_aspect_ratio: Any = "pad", image: Any = None, sam: Any = None,
+                    map_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Masks ``[R, crop_h, crop_w]`` (float32, values in [0, 1]) aligned pixel-for-pixel with
     ``llava.mm_utils.process_images`` output for an image of ``image_size = (width, height)``.
+
+    With ``map_size = (h, w)``, the refined feature map's size (``model.region_map_size()``, 96x96 for CLIP-L/336),
+    the masks are ``[R, h, w]`` instead: each cell holds the share of it the region covers, the weights the model's
+    mask pooling would compute from the full-resolution mask (equal to float32 rounding), at 1/12 of the memory.
+    The model pools either kind (``rgpt_llava.model.region_encoder.mask_pool`` decides by shape).
 
     ``regions``: specs accepted by :func:`parse_region` (index = position in the list) or ready :class:`Region`
     objects; with ``sam`` (a :class:`rgpt_llava.sam.SamPrompter`) and the PIL ``image``, also prompts for SAM
@@ -622,7 +666,9 @@ def process_regions(regions: Sequence[Any], image_size: tuple, image_processor: 
     keeps its visible part."""
     geo = image_geometry(image_size, image_processor, image_aspect_ratio)
     width, height = geo.image_size
-    out_h, out_w = geo.out_size
+    crop_h, crop_w = out_h, out_w = geo.out_size
+    if map_size is not None:
+        out_h, out_w = (int(v) for v in map_size)
     if sam is not None:
         if image is None or tuple(image.size) != (width, height):
             raise ValueError("process_regions: SAM prompts need the image itself: pass image= (a PIL image of "
@@ -633,27 +679,34 @@ def process_regions(regions: Sequence[Any], image_size: tuple, image_processor: 
     if not parsed:
         return result
 
-    ay, ax = geo.weights()
-    # The operators are banded: a source pixel only reaches a few output pixels. Restricting each product to the
-    # output rows/cols that the region's bbox touches makes the cost proportional to the region, not the image.
-    ylo, yhi = _row_ranges(ay)
-    xlo, xhi = _row_ranges(ax)
+    ay, ax, (ylo, yhi), (xlo, xhi) = _operators(geo, None if map_size is None else (out_h, out_w))
 
     for k, region in enumerate(parsed):
-        values, (x0, y0) = region.rasterize(width, height)
-        rh, rw = values.shape
+        factors = None
+        if region.kind == "box":
+            cov_y, cov_x, (x0, y0) = region.box_profiles(width, height)
+            if cov_y.max() == 1.0 and cov_x.max() == 1.0:
+                # Exactly the factors _rank_one reads off the rasterised box (same bits), without building it.
+                factors, (rh, rw) = (cov_y, cov_x), (len(cov_y), len(cov_x))
+        if factors is None:
+            values, (x0, y0) = region.rasterize(width, height)
+            factors, (rh, rw) = _rank_one(values), values.shape
         y1, x1 = y0 + rh, x0 + rw
         r0, r1 = int(ylo[y0:y1].min()), int(yhi[y0:y1].max())
         c0, c1 = int(xlo[x0:x1].min()), int(xhi[x0:x1].max())
         block = None
         if r1 > r0 and c1 > c0:
-            m = torch.from_numpy(values)
-            block = (ay[r0:r1, y0:y1] @ m @ ax[c0:c1, x0:x1].T).clamp_(0.0, 1.0)
+            if factors is not None:
+                a, b = (torch.from_numpy(np.ascontiguousarray(f)) for f in factors)
+                block = torch.outer(ay[r0:r1, y0:y1] @ a, ax[c0:c1, x0:x1] @ b).clamp_(0.0, 1.0)
+            else:
+                m = torch.from_numpy(values)
+                block = (ay[r0:r1, y0:y1] @ m @ ax[c0:c1, x0:x1].T).clamp_(0.0, 1.0)
         if block is None or not bool((block > 0).any()):
             mode = _aspect_mode(image_aspect_ratio)
             hint = "" if mode == "pad" else "; image_aspect_ratio='pad' keeps the whole image"
             raise ValueError(f"{region.name}: the region lies entirely outside the processed image (cut away by "
-                             f"the centre crop to {out_w}x{out_h}, image_aspect_ratio={mode!r}){hint}")
+                             f"the centre crop to {crop_w}x{crop_h}, image_aspect_ratio={mode!r}){hint}")
         result[k, r0:r1, c0:c1] = block.float()
     return result
 

@@ -369,3 +369,66 @@ def test_region_cut_away_by_crop():
 def test_anyres_not_implemented():
     with pytest.raises(NotImplementedError, match="anyres"):
         process_regions([GOOD], SIZE, PROC, "anyres")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Masks at the refined map's resolution
+# ----------------------------------------------------------------------------------------------------------------------
+MAP = (96, 96)   # CLIP-L/336's 24x24 patch grid after the paper's deconv refiner
+
+
+def map_specs(size):
+    w, h = size
+    ellipse = np.zeros((h, w), bool)
+    yy, xx = np.mgrid[:h, :w]
+    ellipse[((xx - w * 0.6) / (w * 0.2)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2 <= 1] = True
+    return ["box:30,40,300,220",                          # integer box
+            (12.3, 7.8, 150.6, 99.1),                     # fractional box
+            f"polygon:200,20,{w - 10},60,{w // 2},{h - 5}",  # polygon
+            ellipse,                                      # mask
+            "box:300.2,100.2,300.4,100.5",                # far smaller than a cell (3.5 px of 336 per cell)
+            rect_mask(size, (w // 2, h - 2, w // 2 + 1, h - 1)),  # one pixel near the bottom edge
+            (0, 0, 160, 90)]                              # cut partly by the centre crop when not padding
+
+
+@pytest.mark.parametrize("mode", ["pad", "square"])
+def test_map_resolution_masks_pool_like_full_resolution(mode):
+    """process_regions(map_size=...) gives the cells the model's pooling computes from the full-resolution masks,
+    and the pooled features are the same to float32 rounding, for every kind of region, sub-cell ones included."""
+    from rgpt_llava.area import area_resize
+    from rgpt_llava.model.region_encoder import mask_pool
+
+    size = (741, 500)
+    specs = map_specs(size)
+    full = process_regions(specs, size, PROC, mode)
+    cells = process_regions(specs, size, PROC, mode, map_size=MAP)
+    assert full.shape == (len(specs), 336, 336) and cells.shape == (len(specs), *MAP)
+    assert cells.dtype == torch.float32
+    assert torch.allclose(cells, area_resize(full, MAP), rtol=1e-5, atol=1e-7)
+    # a region keeps its weight, a sub-cell one too: its area, in cells of the map (3.5 x 3.5 processed pixels)
+    assert torch.allclose(cells.double().sum((1, 2)), full.double().sum((1, 2)) / 3.5 ** 2, rtol=1e-5)
+    assert 0 < float(cells[4].sum()) < 0.01
+    assert bool((cells.flatten(1).amax(1) > 0).all())
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 64, *MAP)
+    # full-resolution and map-resolution masks in one batch: the model decides by shape
+    from_full, from_cells = mask_pool(fmap, [full, cells])
+    assert torch.allclose(mask_pool(fmap[1:], [cells])[0], from_cells)
+    reference = mask_pool(fmap[:1], [full])[0]
+    ours = mask_pool(fmap[:1], [cells])[0]
+    assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(from_full, reference, atol=1e-6)
+
+
+def test_map_resolution_edge_cases():
+    size = (451, 300)
+    assert process_regions([], size, PROC, "pad", map_size=MAP).shape == (0, *MAP)
+    # the crop's own size names the cut, not the map's
+    with pytest.raises(ValueError, match=r"region 1 .*cut away by the centre crop to 336x336"):
+        process_regions(["box:0,0,75,50"], size, PROC, "square", map_size=MAP)
+    # a box and the same rectangle as a mask: bit-identical at the map's resolution too
+    same = process_regions(["box:30,40,300,220", rect_mask(size, (30, 40, 300, 220))], size, PROC, "pad", map_size=MAP)
+    assert torch.equal(same[0], same[1])
+    # a map as large as the processed image is the full-resolution mask itself
+    assert torch.equal(process_regions([GOOD], size, PROC, "pad", map_size=(336, 336)),
+                       process_regions([GOOD], size, PROC, "pad"))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from rgpt_llava.area import area_weights
 from rgpt_llava.model.region_encoder import (BilinearRefiner, DeconvRefiner, adaptive_merge, build_refiner,
-                                             mask_pool)
+                                             mask_pool, refiner_scale)
 
 
 def fmap_1c(values):
@@ -100,11 +100,14 @@ def test_refiner_output_scale(kind, scale):
     refiner = build_refiner(cfg(kind))
     out = refiner(torch.randn(2, 8, 6, 6))
     assert out.shape == (2, 8, 6 * scale, 6 * scale)
+    assert refiner_scale(cfg(kind)) == scale   # what model.region_map_size() multiplies the patch grid by
 
 
 def test_refiner_configurable_scale_and_errors():
     assert build_refiner(cfg("bilinear", mm_refiner_scale=4))(torch.randn(1, 8, 3, 3)).shape[-1] == 12
     assert build_refiner(cfg("deconv+bilinear", mm_refiner_scale=8))(torch.randn(1, 8, 3, 3)).shape[-1] == 24
+    assert refiner_scale(cfg("bilinear", mm_refiner_scale=4)) == 4 and refiner_scale(cfg("deconv+bilinear",
+                                                                                          mm_refiner_scale=8)) == 8
     with pytest.raises(ValueError, match="unknown mm_refiner_type 'conv'"):
         build_refiner(cfg("conv"))
     with pytest.raises(ValueError, match="divisible by 4"):

@@ -116,6 +116,7 @@ def stage1(env):
 
 
 def test_stage1_trains_projector_and_refiner_and_saves_both_every_checkpoint(env, stage1):
+    assert "region masks: 16x16, the refined map's resolution" in stage1.log   # made so in the dataset's workers
     checkpoints = sorted(stage1.out.glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]  # 6 usable samples, batch 2, 2 epochs
     for ckpt in checkpoints + [stage1.out]:
@@ -273,6 +274,28 @@ def test_dataset_masks_labels_and_collates(env, real_tokenizer_dir):
     _, full = make_dataset(env, real_tokenizer_dir, env.data)
     lengths = full["train_dataset"].modality_lengths
     assert lengths[0] > 0 and lengths[2] < 0
+
+
+@torch.no_grad()
+def test_training_entry_makes_masks_at_the_map_resolution(env, tiny_tokenizer_dir, rgpt_model, monkeypatch):
+    """The data module LLaVA's train() asks for makes masks at the model's refined map size in the dataset: nothing
+    of the processed image's size (56x56 here, 336x336 for CLIP-L) is collated, and the loss is the one the
+    full-resolution masks give."""
+    from rgpt_llava.area import area_resize
+    from rgpt_llava.train import train as entry
+
+    tok, full = make_dataset(env, tiny_tokenizer_dir, env.good)
+    monkeypatch.setattr(entry.RGPTModelLoader, "last", rgpt_model)
+    module = entry.make_data_module(tok, SimpleNamespace(**vars(full["train_dataset"].data_args)))
+    assert rgpt_model.region_map_size() == (16, 16)
+    assert tuple(rgpt_model.encode_feature_map(torch.zeros(1, 3, 56, 56)).shape[-2:]) == (16, 16)
+    ds, ds_full = module["train_dataset"], full["train_dataset"]
+    assert ds[0]["region_masks"].shape == (2, 16, 16)
+    assert torch.allclose(ds[0]["region_masks"], area_resize(ds_full[0]["region_masks"], (16, 16)), atol=1e-6)
+    batch = module["data_collator"]([ds[0], ds[1]])
+    batch_full = full["data_collator"]([ds_full[0], ds_full[1]])
+    assert [None if m is None else tuple(m.shape) for m in batch["region_masks"]] == [(2, 16, 16), None]
+    assert torch.allclose(rgpt_model(**batch).loss, rgpt_model(**batch_full).loss, atol=1e-5)
 
 
 def test_dataset_box_augmentation_and_skips(env, tiny_tokenizer_dir, tmp_path):

@@ -212,7 +212,7 @@ def region_masks(regions: Sequence[Any], image, image_processor, model, where: s
     from rgpt_llava.geometry import process_regions
     try:
         m = process_regions(list(regions), image.size, image_processor,
-                            getattr(model.config, "image_aspect_ratio", "pad"))
+                            getattr(model.config, "image_aspect_ratio", "pad"), map_size=model.region_map_size())
     except (ValueError, FileNotFoundError) as e:
         fail(f"{where}: {e}")
     return m.to(model.device, dtype=model.dtype)

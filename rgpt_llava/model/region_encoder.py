@@ -74,18 +74,26 @@ class BilinearRefiner(nn.Module):
         return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False).to(x.dtype)
 
 
+def refiner_scale(config) -> int:
+    """Upsampling factor of the refiner ``config`` names: the refined map is the patch grid times this."""
+    kind = getattr(config, "mm_refiner_type", "deconv")
+    if kind not in REFINER_TYPES:
+        raise ValueError(f"unknown mm_refiner_type {kind!r}; expected one of {REFINER_TYPES}")
+    if kind in ("deconv", "deconv_residual", "none"):
+        return DEFAULT_REFINER_SCALE[kind]
+    return int(getattr(config, "mm_refiner_scale", None) or DEFAULT_REFINER_SCALE[kind])
+
+
 def build_refiner(config) -> nn.Module:
     """Build the refiner named by ``config.mm_refiner_type`` (default 'deconv')."""
     kind = getattr(config, "mm_refiner_type", "deconv")
     channels = config.mm_hidden_size
     act = getattr(config, "mm_refiner_act", "gelu")
-    if kind not in REFINER_TYPES:
-        raise ValueError(f"unknown mm_refiner_type {kind!r}; expected one of {REFINER_TYPES}")
+    scale = refiner_scale(config)
     if kind == "none":
         return nn.Identity()
     if kind in ("deconv", "deconv_residual"):
         return DeconvRefiner(channels, act=act, residual=(kind == "deconv_residual"))
-    scale = int(getattr(config, "mm_refiner_scale", None) or DEFAULT_REFINER_SCALE[kind])
     if kind == "bilinear":
         return BilinearRefiner(scale)
     if scale % 4:
@@ -111,9 +119,13 @@ def adaptive_merge(feature_map: torch.Tensor, size: Tuple[int, int]) -> torch.Te
 def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.Tensor]]) -> List[torch.Tensor]:
     """Mean of the feature map inside each region mask, all regions of the batch in one batched matmul.
 
-    feature_map: [B, C, h, w]; region_masks[b]: [R_b, Hm, Wm] float in [0, 1] in the processed image's geometry
-    (or None / R_b = 0). Masks are resized to (h, w) with exact area weights, so a region smaller than one cell still
-    weighs on the cell(s) it touches. Returns a list of [R_b, C] tensors.
+    feature_map: [B, C, h, w]; region_masks[b]: [R_b, Hm, Wm] float in [0, 1] (or None / R_b = 0), either
+    - at the refined map's resolution, ``(Hm, Wm) == (h, w)`` (``process_regions(map_size=...)``: what the dataset,
+      the servers and evaluation pass): each cell's value is the share of it the region covers, pooled as it is; or
+    - in the processed image's geometry (``process_regions`` without ``map_size``, e.g. [R, 336, 336]): resized to
+      (h, w) here with exact area weights -- the same numbers, at 12x the memory and an extra resize.
+    Deciding by shape is unambiguous: resizing a mask to its own size is the identity. Either way a region smaller
+    than one cell still weighs on the cell(s) it touches. Returns a list of [R_b, C] tensors.
     """
     B, C, h, w = feature_map.shape
     if len(region_masks) != B:
@@ -125,20 +137,20 @@ def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.T
     r_max = max(counts, default=0)
     if r_max == 0:
         return [feature_map.new_zeros((0, C)) for _ in range(B)]
-    shapes = {tuple(m.shape[1:]) for m in region_masks if m is not None and m.shape[0]}
-    if len(shapes) != 1:
-        raise ValueError(f"all region masks in a batch must share the processed image size, got {sorted(shapes)}")
-    (hm, wm), = shapes
     device = feature_map.device
+
+    def cells(m):  # [R, h, w]: share of each cell covered by the region (resized here if not at the map's size)
+        return area_resize(m.to(device=device, dtype=torch.float32), (h, w))
+
     if B == 1:
-        masks = region_masks[0].to(device=device, dtype=torch.float32)[None]  # no padding copy for one image
+        cell = cells(region_masks[0])[None]  # no padding copy for one image
     else:
-        # Pad to [B, R_max, Hm, Wm]; padded rows get zero weight and are dropped below.
-        masks = feature_map.new_zeros((B, r_max, hm, wm), dtype=torch.float32)
+        # Pad to [B, R_max, h, w] (each sample resized first: a batch may mix both kinds of masks); padded rows get
+        # zero weight and are dropped below.
+        cell = feature_map.new_zeros((B, r_max, h, w), dtype=torch.float32)
         for b, m in enumerate(region_masks):
             if counts[b]:
-                masks[b, : counts[b]] = m.to(device=device, dtype=torch.float32)
-    cell = area_resize(masks, (h, w))  # [B, R_max, h, w]: share of each cell covered by the region
+                cell[b, : counts[b]] = cells(m)
     # Area weights are positive, so a region has mass after resizing exactly when it had mass before.
     mass = cell.flatten(2).sum(-1)  # [B, R_max]
     valid = torch.arange(r_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]

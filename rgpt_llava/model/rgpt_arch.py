@@ -13,7 +13,7 @@ import torch.nn as nn
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 from rgpt_llava.constants import IGNORE_INDEX
-from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool
+from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool, refiner_scale
 from rgpt_llava.model.splice import count_images, embed_text, splice
 from rgpt_llava.model.vision_tower import tower_features
 
@@ -71,6 +71,12 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
         if isinstance(size, int):
             return size, size
         return tuple(int(s) for s in size)
+
+    def region_map_size(self):
+        """(h, w) of the refined map regions are pooled from (96x96 for CLIP-L/336 and the paper's deconv): masks
+        made at this size (``process_regions(..., map_size=model.region_map_size())``) are pooled without a resize."""
+        side = self.get_vision_tower().num_patches_per_side * refiner_scale(self.config)
+        return side, side
 
     def encode_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen tower (layer ``mm_vision_select_layer``) -> refined map [B, C, h, w]."""

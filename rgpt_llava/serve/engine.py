@@ -144,6 +144,7 @@ class RegionEngine:
         self.max_regions, self.name = max_regions, name
         self.sam = None        # a rgpt_llava.sam.SamPrompter: turns points / scribbles / snapped boxes into masks
         self.aspect = getattr(model.config, "image_aspect_ratio", "pad")
+        self.map_size = model.region_map_size()   # masks are made at the refined map's size, pooled as they are
         h, w = model.merge_size()
         self.image_tokens = h * w
         self.special_ids = frozenset(tokenizer.all_special_ids)
@@ -227,7 +228,7 @@ class RegionEngine:
         if sum(counts):
             try:
                 everything = process_regions([r for _, regions in items for r in regions], image.size,
-                                             self.image_processor, self.aspect)
+                                             self.image_processor, self.aspect, map_size=self.map_size)
             except ValueError as e:
                 raise InputError(str(e), param) from None
             everything = everything.to(self.model.device, dtype=self.model.dtype)

@@ -3,7 +3,9 @@
 A sample is LLaVA's conversation JSON plus an optional ``regions`` list (see docs/DATA.md). Images go through
 LLaVA's own ``process_images`` and regions through ``rgpt_llava.geometry`` -- the code inference uses -- so training
 and serving see the same masks. Conversations go through LLaVA's own ``preprocess`` with region placeholders
-tokenised by ``tokenizer_region_token``.
+tokenised by ``tokenizer_region_token``. Masks are made at the refined map's resolution when
+``data_args.region_map_size`` is set (the training entry sets it from the model): [R, 96, 96] for CLIP-L/336, so no
+[R, 336, 336] tensor is built in the workers, collated, or moved to the GPU.
 
 A sample that cannot be used (missing or corrupt image, invalid region, placeholder naming a missing region, LLaVA's
 "tokenization mismatch") is skipped with a warning naming it, recorded in a JSONL log, and replaced by the next
@@ -162,7 +164,8 @@ class RegionSupervisedDataset(LazySupervisedDataset):
             pixels = process_images([image], processor, SimpleNamespace(image_aspect_ratio=aspect))[0]
             try:
                 regions = [parse_region(spec, k, image.size) for k, spec in enumerate(self.region_specs(sample))]
-                masks = process_regions(regions, image.size, processor, aspect) if regions else None
+                masks = process_regions(regions, image.size, processor, aspect,
+                                        map_size=getattr(self.data_args, "region_map_size", None)) if regions else None
             except (ValueError, FileNotFoundError) as e:
                 raise SampleError(str(e)) from None
             sources = llava_train.preprocess_multimodal(copy.deepcopy([sample["conversations"]]), self.data_args)

@@ -38,8 +38,15 @@ class RGPTModelLoader:
     the same ``BitsAndBytesConfig`` is applied right after loading, so QLoRA runs (and is tested) on CPU machines.
     """
 
+    last = None  # the model LLaVA's train() is building: the data module reads its refined map's size
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        cls.last = cls._load(path, **kwargs)
+        return cls.last
+
     @staticmethod
-    def from_pretrained(path, **kwargs):
+    def _load(path, **kwargs):
         quant = kwargs.get("quantization_config")
         if quant is not None and not torch.cuda.is_available():
             for key in ("quantization_config", "load_in_4bit", "load_in_8bit", "device_map"):
@@ -48,6 +55,18 @@ class RGPTModelLoader:
             quant.llm_int8_skip_modules = sorted(set(quant.llm_int8_skip_modules or []) | set(KEEP_UNQUANTIZED))
             return quantize_linear_layers_(model, quant, device="cpu")
         return RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
+
+
+def make_data_module(tokenizer, data_args):
+    """RGPT's data module, asked for by LLaVA's train() once the model is complete (tower, refiner): regions are
+    then made at the refined map's resolution in the dataset's workers."""
+    model = RGPTModelLoader.last
+    if model is not None and model.get_vision_tower() is not None:
+        data_args.region_map_size = model.region_map_size()
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+            h, w = data_args.region_map_size
+            print(f"region masks: {h}x{w}, the refined map's resolution", flush=True)
+    return make_region_data_module(tokenizer, data_args)
 
 
 def safe_save_model_for_hf_trainer(trainer, output_dir: str):
@@ -72,7 +91,7 @@ RGPT_BINDINGS = {
         DataArguments=RGPTDataArguments,
         TrainingArguments=RGPTTrainingArguments,
         LlavaLlamaForCausalLM=RGPTModelLoader,
-        make_supervised_data_module=make_region_data_module,
+        make_supervised_data_module=make_data_module,
         LLaVATrainer=RGPTTrainer,
         safe_save_model_for_hf_trainer=safe_save_model_for_hf_trainer,
         maybe_zero_3=maybe_zero_3,
@@ -93,6 +112,7 @@ def rgpt_bindings():
         for mod, names in saved.items():
             for k, v in names.items():
                 setattr(mod, k, v)
+        RGPTModelLoader.last = None
 
 
 ATTENTION = ("flash_attention_2", "sdpa", "eager")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Cost of RegionGPT's region branch on the vision side, against LLaVA-1.5's vision side, measured in one run.
 
-    python scripts/bench/region_branch.py --device cpu            # fp32, ~2.5 minutes on 2 cores
+    python scripts/bench/region_branch.py --device cpu            # fp32, ~3 minutes on 2 cores
+    python scripts/bench/region_branch.py --device cpu --memory   # + peak RSS of a batch-16 x 256-region forward
     python scripts/bench/region_branch.py --device cuda           # fp16 by default
     python scripts/bench/region_branch.py --device cuda --dtype bf16 --runs 50 --json out.json
 
@@ -10,22 +11,36 @@ projector 1024 -> 4096 -> 4096, and the paper's deconvolution refiner (24x24 pat
 model body is tiny (no decoder layer): only the vision side is timed, through the model's own methods:
 
   LLaVA   model.get_model().mm_projector(model.get_vision_tower()(images))     (LLaVA's encode_images)
-  RGPT    model.encode_images_and_regions(images, region_masks)   (tower to layer -2, refiner, merge, pool, projector)
+  RGPT    process_regions(boxes, photo size, ..., map_size=model.region_map_size()) for each image, then
+          model.encode_images_and_regions(images, region_masks)   (tower to layer -2, refiner, merge, pool, projector)
+
+The regions are random boxes (8 px to the whole side) on a --photo sized original image (640x480 by default, COCO's
+usual size). RGPT's time includes making its masks from the boxes: since the masks come at the refined map's
+resolution (96x96), the 336 -> 96 resize the model used to run happens there, so it is timed where it moved. LLaVA's
+side gets the image tensor ready-made, as RGPT does (image preprocessing is the same for both and not timed).
 
 Ratios and targets:
-  (a) RGPT with 8 regions / LLaVA                           <= 1.10x
-  (b) RGPT with 256 regions / RGPT with 1 region            <= 1.05x
-  (c) per-region Python loop of mask_pool / one batched call (256 regions, same refined map)   >= 10x faster
+  (a) RGPT with 8 regions (masks made + pooled) / LLaVA     <= 1.02x
+  (b) RGPT with 256 regions / RGPT with 1 region (both with their masks made)   <= 1.02x
+  (c) per-region loop (make one region's mask, mask_pool it) / one batched call for all 256   >= 10x faster
+Beside them, without a target: the model with the full-resolution [R, 336, 336] masks of before (made untimed, as
+this benchmark used to), and making the masks at either resolution. --memory adds the peak resident memory of a
+batch-16 x 256-region forward (masks made + vision side), before (full-resolution masks) and after (map resolution),
+each in a fresh process; --memory-before-root runs "before" with another checkout's code (the code before this
+change: git archive <commit> | tar -x -C DIR).
 
 Every variant is timed once per round, round-robin, so slow drift of the machine (thermal, other tenants) hits all
 of them alike; each reported time is the median over the rounds. Analytic GFLOP counts derived from the shapes are
 printed next to the measurements, so a ratio can be compared with what the arithmetic alone predicts.
 """
 import argparse
+import gc
 import json
 import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +48,12 @@ from pathlib import Path
 
 import torch
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# Runnable from a checkout without installing the package (--memory-before-root: another checkout's package).
+sys.path.insert(0, os.environ.get("RGPT_BENCH_CODE_ROOT") or str(Path(__file__).resolve().parents[2]))
 
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel  # noqa: E402
 
+from rgpt_llava.geometry import process_regions  # noqa: E402
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM  # noqa: E402
 from rgpt_llava.model.region_encoder import adaptive_merge, mask_pool  # noqa: E402
 from rgpt_llava.tiny import CLIP_MEAN, CLIP_STD  # noqa: E402
@@ -55,8 +71,8 @@ CLIP_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
 LLM_HIDDEN = 4096
 
 TARGETS = {
-    "a": ("<=", 1.10),
-    "b": ("<=", 1.05),
+    "a": ("<=", 1.02),
+    "b": ("<=", 1.02),
     "c": (">=", 10.0),
 }
 
@@ -97,16 +113,65 @@ def build_model(device, dtype, seed):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def random_box_masks(n, size, seed):
-    """[n, size, size] float masks, one random axis-aligned box each (8 px to the full image per side)."""
+def random_boxes(n, width, height, seed):
+    """n random boxes [x1, y1, x2, y2] on a width x height photo, 8 px to the whole side each way."""
     g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(n, size, size)
-    for i in range(n):
-        h, w = (int(v) for v in torch.randint(8, size + 1, (2,), generator=g))
-        y0 = int(torch.randint(0, size - h + 1, (1,), generator=g))
-        x0 = int(torch.randint(0, size - w + 1, (1,), generator=g))
-        masks[i, y0:y0 + h, x0:x0 + w] = 1.0
-    return masks
+    boxes = []
+    for _ in range(n):
+        w = int(torch.randint(8, width + 1, (1,), generator=g))
+        h = int(torch.randint(8, height + 1, (1,), generator=g))
+        x0 = int(torch.randint(0, width - w + 1, (1,), generator=g))
+        y0 = int(torch.randint(0, height - h + 1, (1,), generator=g))
+        boxes.append([x0, y0, x0 + w, y0 + h])
+    return boxes
+
+
+# ---- peak memory (--memory) ---------------------------------------------------------------------------------------
+def _status_kb(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def memory_child(kind, batch, regions, photo, seed):
+    """One batch-``batch`` x ``regions``-region forward on the CPU: masks made ('full': [R, 336, 336] as before;
+    'map': at the refined map's resolution), then the vision side. Prints the peak resident memory it added."""
+    model = build_model(torch.device("cpu"), torch.float32, seed)
+    size = model.get_vision_tower().config.image_size
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
+    boxes = random_boxes(regions, *photo, seed + 2)
+    proc = model.get_vision_tower().image_processor
+    extra = {} if kind == "full" else dict(map_size=model.region_map_size())
+    gc.collect()
+    baseline = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
+    with torch.inference_mode():
+        masks = [process_regions(boxes, photo, proc, "pad", **extra) for _ in range(batch)]
+        model.encode_images_and_regions(images, masks)
+    peak = _status_kb("VmHWM")
+    print(json.dumps(dict(kind=kind, mask_shape=list(masks[0].shape), masks_mb=sum(
+        m.nelement() * m.element_size() for m in masks) / 2 ** 20, baseline_mb=baseline / 1024,
+        peak_mb=peak / 1024, added_mb=(peak - baseline) / 1024)))
+
+
+def measure_memory(args, photo):
+    """Peak RSS added by the forward, before / after, each in a fresh process (peaks do not mix)."""
+    out = {}
+    for kind, root in (("full", args.memory_before_root), ("map", None)):
+        env = dict(os.environ)
+        if root:
+            env["RGPT_BENCH_CODE_ROOT"] = str(Path(root).resolve())
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", kind, "--seed", str(args.seed),
+               "--photo", f"{photo[0]}x{photo[1]}", "--regions", str(args.regions)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise SystemExit(f"memory measurement ({kind}) failed:\n{proc.stderr[-3000:]}")
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[kind]["code"] = str(root) if root else "this checkout"
+    return out
 
 
 # ---- analytic FLOP counts (multiply-add = 2 FLOP) ----------------------------------------------------------------
@@ -153,8 +218,10 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
     }
 
     def rgpt(r):
-        rs, gm = pool(r)
-        return (tower_rgpt + deconv + rs + gm + projector(side * side + r)) * g
+        # Masks come at the map's resolution: the model pools them without a resize (made on the host, where the
+        # composed operator is banded: O(h + w) per box).
+        _, gm = pool(r)
+        return (tower_rgpt + deconv + gm + projector(side * side + r)) * g
 
     est["llava_total"] = (tower + projector(side * side)) * g
     for r in (1, 8, n_regions):
@@ -217,11 +284,28 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=None, help="timed rounds (default: 7 on CPU, 30 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: 2 on CPU, 5 on CUDA)")
     ap.add_argument("--regions", type=int, default=256, help="region count for (b) and (c)")
+    ap.add_argument("--photo", default="640x480", help="WxH of the original photo the boxes are drawn on")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure peak RSS of a --memory-batch x --regions forward, before / after (CPU)")
+    ap.add_argument("--memory-batch", type=int, default=16)
+    ap.add_argument("--memory-before-root", default=None, metavar="DIR",
+                    help="run 'before' with the rgpt_llava package of this checkout (default: this one, "
+                         "with full-resolution masks)")
+    ap.add_argument("--memory-child", choices=("full", "map"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
+    try:
+        photo = tuple(int(v) for v in args.photo.lower().split("x"))
+        assert len(photo) == 2 and min(photo) >= 8
+    except (ValueError, AssertionError):
+        ap.error(f"--photo {args.photo!r}: expected WxH, e.g. 640x480")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(args.memory_child, args.memory_batch, args.regions, photo, args.seed)
 
     t_start = time.perf_counter()
     device = torch.device(args.device)
@@ -246,9 +330,17 @@ def main(argv=None):
     size = vis_cfg.image_size
     g = torch.Generator().manual_seed(args.seed + 1)
     images = torch.randn(args.batch, 3, size, size, generator=g).to(device=device, dtype=dtype)
-    # Masks live on the device already (as the images do): we time compute, not host-to-device copies.
-    all_masks = random_box_masks(args.regions, size, args.seed + 2).to(device)
-    masks = {r: [all_masks[:r]] * args.batch for r in (1, 8, args.regions)}
+    boxes = random_boxes(args.regions, *photo, args.seed + 2)
+    proc = model.get_vision_tower().image_processor
+    map_size = model.region_map_size()
+
+    def make_masks(r, **extra):
+        """Each image's masks, made from its boxes (every image of the batch has the same ones here)."""
+        return [process_regions(boxes[:r], photo, proc, "pad", **extra).to(device) for _ in range(args.batch)]
+
+    # The masks of before: [R, 336, 336], made untimed (as this benchmark used to), resized inside the model.
+    full_masks = make_masks(args.regions)
+    map_masks = make_masks(args.regions, map_size=map_size)
 
     projector = model.get_model().mm_projector
     tower = model.get_vision_tower()
@@ -258,30 +350,39 @@ def main(argv=None):
         grid = tower(images).transpose(1, 2).reshape(args.batch, vis_cfg.hidden_size, patch_side, patch_side)
         grid = grid.to(fmap.dtype)  # the refiner's input, as encode_feature_map builds it
         merge_size = model.merge_size()
-        img_tokens, reg_tokens = model.encode_images_and_regions(images, masks[8])
+        img_tokens, reg_tokens = model.encode_images_and_regions(images, make_masks(8, map_size=map_size))
         rows_img = img_tokens.shape[1]
         assert img_tokens.shape == (args.batch, rows_img, LLM_HIDDEN) and reg_tokens[0].shape == (8, LLM_HIDDEN)
         proj_in_img = torch.randn(args.batch * rows_img, vis_cfg.hidden_size, generator=g).to(device, dtype)
         proj_in_all = torch.randn(args.batch * (rows_img + args.regions), vis_cfg.hidden_size,
                                   generator=g).to(device, dtype)
 
+    def rgpt(r):
+        # What a caller of the model does per batch: make the masks from the boxes, then the vision side.
+        return model.encode_images_and_regions(images, make_masks(r, map_size=map_size))
+
     def pool_loop():
-        # What a naive implementation does: one mask_pool call (one resize + one GEMV) per region.
+        # What a naive implementation does: one region at a time, its mask made, then one mask_pool call (a GEMV).
         for b in range(args.batch):
             for i in range(args.regions):
-                mask_pool(fmap[b:b + 1], [all_masks[i:i + 1]])
+                m = process_regions(boxes[i:i + 1], photo, proc, "pad", map_size=map_size).to(device)
+                mask_pool(fmap[b:b + 1], [m])
 
     R = args.regions
     # The two sides of each ratio are neighbours in a round, so each round also yields a paired ratio.
     variants = {
-        # (a) / (b): the whole vision side, through the model's own methods.
+        # (a) / (b): the whole vision side, through the model's own methods, masks made from the boxes included.
         "llava": lambda: projector(tower(images)),
-        "rgpt_r8": lambda: model.encode_images_and_regions(images, masks[8]),
-        "rgpt_r1": lambda: model.encode_images_and_regions(images, masks[1]),
-        f"rgpt_r{R}": lambda: model.encode_images_and_regions(images, masks[R]),
-        # (c): pooling alone on the same refined map.
-        f"pool_batched_r{R}": lambda: mask_pool(fmap, masks[R]),
+        "rgpt_r8": lambda: rgpt(8),
+        "rgpt_r1": lambda: rgpt(1),
+        f"rgpt_r{R}": lambda: rgpt(R),
+        # (c): making the masks and pooling them on the same refined map.
+        f"pool_batched_r{R}": lambda: mask_pool(fmap, make_masks(R, map_size=map_size)),
         f"pool_loop_r{R}": pool_loop,
+        # Before / after, no target: the model given [R, 336, 336] masks (made untimed), and making the masks.
+        f"rgpt_full_r{R}": lambda: model.encode_images_and_regions(images, full_masks),
+        f"masks_full_r{R}": lambda: make_masks(R),
+        f"masks_map_r{R}": lambda: make_masks(R, map_size=map_size),
         # Breakdown (no target): where the extra time of RGPT goes.
         "refiner": lambda: model.get_model().get_refiner()(grid),
         "adaptive_merge": lambda: adaptive_merge(fmap, merge_size),
@@ -291,11 +392,15 @@ def main(argv=None):
     times = time_round_robin(variants, warmup, runs, make_sync(device), not args.no_progress)
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    # Sanity: the batched pooling equals the loop (fp32 accumulation of the weights, features in `dtype`).
+    # Sanity: the batched pooling equals the loop (fp32 accumulation of the weights, features in `dtype`), and
+    # the map-resolution masks pool what the full-resolution ones do.
     with torch.inference_mode():
-        batched = mask_pool(fmap, masks[R])[0].float()
-        looped = torch.cat([mask_pool(fmap[:1], [all_masks[i:i + 1]])[0] for i in range(R)]).float()
+        batched = mask_pool(fmap, map_masks)[0].float()
+        looped = torch.cat([mask_pool(fmap[:1], [map_masks[0][i:i + 1]])[0] for i in range(R)]).float()
         pool_max_diff = float((batched - looped).abs().max())
+        from_full = mask_pool(fmap, full_masks)[0].float()
+        map_vs_full = float((batched - from_full).abs().max() / from_full.abs().max())
+    memory = measure_memory(args, photo) if args.memory else None
 
     side = int(fmap.shape[-1])
     est = gflop_estimates(vis_cfg, side, R, args.batch)
@@ -326,8 +431,10 @@ def main(argv=None):
     gf = {
         "llava": est["llava_total"], "rgpt_r1": est["rgpt_total_1"], "rgpt_r8": est["rgpt_total_8"],
         f"rgpt_r{R}": est[f"rgpt_total_{R}"],
-        f"pool_batched_r{R}": est[f"pool_resize_{R}"] + est[f"pool_gemm_{R}"],
-        f"pool_loop_r{R}": est[f"pool_resize_{R}"] + est[f"pool_gemm_{R}"],
+        f"pool_batched_r{R}": est[f"pool_gemm_{R}"],
+        f"pool_loop_r{R}": est[f"pool_gemm_{R}"],
+        f"rgpt_full_r{R}": est[f"rgpt_total_{R}"] + est[f"pool_resize_{R}"],
+        f"masks_full_r{R}": None, f"masks_map_r{R}": None,
         "refiner": est["deconv"], "adaptive_merge": None,
         "projector_img": est["projector_image_tokens"],
         f"projector_img+r{R}": est["projector_per_row"] * args.batch * (rows_img + R),
@@ -335,10 +442,13 @@ def main(argv=None):
     describe = {
         "llava": "LLaVA: tower + projector",
         f"rgpt_r{R}": f"RGPT: same, {R} regions",  # first, so that --regions 8 keeps the full label below
-        "rgpt_r8": "RGPT: tower+refine+merge+pool+proj, 8 regions",
+        "rgpt_r8": "RGPT: masks+tower+refine+merge+pool+proj, 8 regions",
         "rgpt_r1": "RGPT: same, 1 region",
-        f"pool_batched_r{R}": f"mask_pool, {R} regions, one batched call",
-        f"pool_loop_r{R}": f"mask_pool, {R} regions, one call per region",
+        f"pool_batched_r{R}": f"masks + mask_pool, {R} regions, one batched call",
+        f"pool_loop_r{R}": f"masks + mask_pool, {R} regions, one region a call",
+        f"rgpt_full_r{R}": f"before: RGPT given [R,{size},{size}] masks, {R} regions",
+        f"masks_full_r{R}": f"  making [{R},{size},{size}] masks (before)",
+        f"masks_map_r{R}": f"  making [{R},{side},{side}] masks (now)",
         "refiner": "  refiner only (2 deconvs, 24->96)",
         "adaptive_merge": "  adaptive_merge only (96->24)",
         "projector_img": f"  projector only, {args.batch * rows_img} rows",
@@ -380,12 +490,21 @@ def main(argv=None):
     print(f"  CLIP tower: LLaVA runs all {vis_cfg.num_hidden_layers} layers (it reads layer -2) {est['tower']:.1f}, "
           f"RGPT stops after layer -2 {est['tower_rgpt']:.1f}", file=out)
     print(f"  refiner, 2 transposed convs (24->48->96, {vis_cfg.hidden_size} ch): {est['deconv']:.1f}", file=out)
-    print(f"  pooling, {R} regions: masks resized {size}->{side} by blockwise area weights "
-          f"{est[f'pool_resize_{R}']:.2f} + pooling GEMM {est[f'pool_gemm_{R}']:.1f}", file=out)
+    print(f"  pooling, {R} regions: GEMM {est[f'pool_gemm_{R}']:.1f} (+ {est[f'pool_resize_{R}']:.2f} to resize "
+          f"{size}->{side} in the model, before)", file=out)
     print(f"  projector: {est['projector_per_row']:.4f} per row -> {est['projector_image_tokens']:.1f} for "
           f"{rows_img} image tokens, {est['projector_per_row'] * R * args.batch:.1f} for {R} region tokens",
           file=out)
-    print(f"sanity   : batched vs loop mask_pool max |diff| = {pool_max_diff:.3g}", file=out)
+    print(f"regions  : {R} random boxes on a {photo[0]}x{photo[1]} photo; masks made per image, "
+          f"{R * size * size * 4 / 2 ** 20:.1f} MiB at {size}x{size} before, {R * side * side * 4 / 2 ** 20:.1f} "
+          f"MiB at {side}x{side} now (fp32)", file=out)
+    print(f"sanity   : batched vs loop mask_pool max |diff| = {pool_max_diff:.3g}; map- vs full-resolution masks, "
+          f"pooled: max |diff| / max |feature| = {map_vs_full:.2g}", file=out)
+    if memory:
+        b, a = memory["full"], memory["map"]
+        print(f"memory   : batch {args.memory_batch} x {R} regions, masks made + vision side, peak RSS added "
+              f"(fresh process each): before {b['added_mb']:.0f} MiB (masks {b['masks_mb']:.0f} MiB, "
+              f"{b['code']}), after {a['added_mb']:.0f} MiB (masks {a['masks_mb']:.0f} MiB)", file=out)
     elapsed = time.perf_counter() - t_start
     print(f"elapsed  : {elapsed:.1f} s total (model setup {setup_s:.1f} s)", file=out)
 
@@ -397,7 +516,8 @@ def main(argv=None):
             ratios={k: dict(label=r["label"], measured=r["measured"], paired=r["paired"], flop_model=r["flop"],
                             target=r["target"],
                             passed=bool(r["pass"])) for k, r in ratios.items()},
-            gflop=est, pool_batched_vs_loop_max_abs_diff=pool_max_diff,
+            gflop=est, pool_batched_vs_loop_max_abs_diff=pool_max_diff, photo=list(photo),
+            pooled_map_vs_full_max_rel_diff=map_vs_full, memory=memory,
         )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -68,6 +68,21 @@ def test_answers_name_regions():
     assert W.named_regions("region 1 is left of <region3>; region 9 does not exist", 3) == [1, 3]
 
 
+def upload(page, photo) -> None:
+    """The photo into the mask editor, until the preview shows it: the editor drops a file given while its canvas
+    is still initialising (the first page a fresh server serves), so a missed upload is tried again."""
+    page.wait_for_selector("#editor input[type=file]", state="attached")
+    for attempt in range(3):
+        page.locator("#editor input[type=file]").first.set_input_files(str(photo))
+        try:
+            page.wait_for_selector("#preview img", timeout=40000)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            page.wait_for_timeout(1000)
+
+
 def readable(text: str) -> str:
     """Text as a browser shows it: printable characters, runs of white space as one."""
     return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
@@ -109,6 +124,9 @@ def test_gradio_client_asks_about_regions(web, real_tok_rgpt_dir, images_dir, tm
     with pytest.raises(Exception, match="outside the 451x300 image"):
         client.predict(handle_file(str(photo)), json.dumps([{"box": [0, 0, 900, 10]}]), "<region1>?", 0, 0.7, 8,
                        api_name="/ask")
+    with pytest.raises(Exception, match="no SAM model was given: pass --sam-model PATH"):
+        client.predict(handle_file(str(photo)), json.dumps([{"points": [[20, 20]]}]), "<region1>?", 0, 0.7, 8,
+                       api_name="/ask")
     with pytest.raises(Exception, match="unknown REGION field"):
         client.predict(handle_file(str(photo)), json.dumps([{"circle": 1}]), "<region1>?", 0, 0.7, 8,
                        api_name="/ask")
@@ -141,8 +159,7 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(web)
-            page.wait_for_selector("#editor input[type=file]", state="attached")
-            page.locator("#editor input[type=file]").first.set_input_files(str(photo))
+            upload(page, photo)
             settle(page)
             # a brush stroke on the photo (the brush is the editor's tool after an upload)
             canvas = page.locator("#editor canvas").first.bounding_box()
@@ -153,16 +170,17 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
                 page.mouse.move(x + 3 * k, y + k)
             page.mouse.up()
             page.wait_for_function("() => document.querySelector('#chips').innerText.includes('mask')",
-                                   timeout=60000)
+                                   timeout=120000)
             # a box dragged in the Boxes tab
             page.get_by_role("tab", name="Boxes").click()
+            page.wait_for_selector("#boxes canvas", timeout=120000)
             page.wait_for_timeout(1000)
             box = page.locator("#boxes canvas").first.bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.25)
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.60, steps=12)
             page.mouse.up()
-            page.wait_for_function("() => document.querySelectorAll('#chips button').length == 2", timeout=60000)
+            page.wait_for_function("() => document.querySelectorAll('#chips button').length == 2", timeout=120000)
             settle(page)
             # greedy answers, to compare with the engine's
             page.get_by_text("Parameters").click()
@@ -179,7 +197,9 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
             asked = question.input_value()
             assert asked == "What is <region2> next to <region1>?"
             page.get_by_text("the regions as REGION JSON").click()
-            regions_json = page.locator("#regions-json .cm-content").inner_text()
+            page.wait_for_function("() => JSON.parse(document.querySelector('#regions-json textarea').value)"
+                                   ".length == 2", timeout=120000)
+            regions_json = page.locator("#regions-json textarea").input_value()
             page.click("#send")
             page.wait_for_function("() => document.querySelectorAll('#chat .message').length >= 2", timeout=120000)
             settle(page)
@@ -191,7 +211,7 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
             question.fill("And <region7>?")
             page.click("#send")
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('region 7')",
-                                   timeout=60000)
+                                   timeout=120000)
             assert "2 region(s) are drawn" in page.locator("#status").inner_text()
             assert question.input_value() == "And <region7>?"
             page.screenshot(path=str(shots / "web_demo_error.png"))
@@ -226,3 +246,122 @@ def test_the_page_in_front_of_llavas_controller(tmp_path, real_tok_rgpt_dir, ima
             client.predict(handle_file(str(photo)), regions, "What is <region1>?", 0, 0.7, 12, api_name="/ask")
     finally:
         servers.close()
+
+
+@pytest.fixture()
+def sam_web(tmp_path, real_tok_rgpt_dir, tiny_sam_dir):
+    servers = Servers(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    servers.start("-m", "rgpt_llava.serve.gradio_web_server", "--model-path", real_tok_rgpt_dir, "--device", "cpu",
+                  "--model-name", "tiny-rgpt", "--host", "127.0.0.1", "--port", str(port), "--sam-model",
+                  tiny_sam_dir, ready_url=url, timeout=300)
+    yield url
+    servers.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium: apt-get install chromium (.ci/run does)")
+def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_dir, images_dir, tmp_path):
+    """Clicks (on and off the object) and a snapped box become SAM's masks; the answer equals the engine's for the
+    page's REGION JSON (the masks as RLE, no SAM involved): what the page shows is what the model was given.
+    Describe everything: SAM's proposals (none drawn yet), then the drawn regions."""
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import sync_playwright
+    shots = Path(os.environ.get("RGPT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    photo = images_dir / "chelsea.jpg"
+
+    # gradio_client: clicks as REGION JSON, answered as with the mask SAM makes of them
+    from rgpt_llava.sam import SamPrompter
+    from rgpt_llava.serve.describe import full_mask
+    pil = Image.open(photo).convert("RGB")
+    made = full_mask(SamPrompter(tiny_sam_dir, "cpu").region({"points": [[200, 150]]}, 0, pil), *pil.size)
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(made.astype(np.uint8)))
+    as_mask = json.dumps([{"rle": {"size": [300, 451], "counts": rle["counts"].decode()}}])
+    client = Client(sam_web, verbose=False)
+    answer = client.predict(handle_file(str(photo)), json.dumps([{"points": [[200, 150]]}]), "What is <region1>?", 0,
+                            0.7, 8, api_name="/ask")
+    assert answer == engine_answer(real_tok_rgpt_dir, pil, "What is <region1>?", as_mask, max_new_tokens=8)
+
+    def settle(page, timeout=120000):
+        page.wait_for_timeout(400)
+        page.wait_for_function("() => !document.querySelector('.progress-text, .eta-bar, .meta-text, .generating')",
+                               timeout=timeout)
+
+    def set_number(page, elem_id, value):
+        field = page.locator(f"#{elem_id} input[type=number]")
+        field.fill(str(value))
+        field.press("Enter")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.goto(sam_web)
+            upload(page, photo)
+            settle(page)
+            # no region drawn yet: "Describe everything" describes SAM's proposals
+            page.get_by_text("Describe everything", exact=True).first.click()
+            for elem_id, value in [("describe-tokens", 4), ("grid", 4), ("iou-min", 0), ("stable-min", 0),
+                                   ("describe-max", 3)]:
+                set_number(page, elem_id, value)
+            page.locator("#describe").click(timeout=120000)
+            page.wait_for_function("() => { const n = document.querySelectorAll('#described-list li').length; "
+                                   "return n >= 1 && n <= 3; }", timeout=120000)
+            settle(page)
+            # clicks: two on the object, one off it, then "Add as a region"
+            page.get_by_role("tab", name="Click").click()
+            page.wait_for_function("() => { const i = document.querySelector('#clicker img'); "
+                                   "return i && i.getBoundingClientRect().width > 0; }", timeout=120000)
+            img = page.locator("#clicker img").first.bounding_box()
+            for fx, fy, label in [(0.5, 0.5, "on the object"), (0.3, 0.3, "on the object"), (0.8, 0.8, "not on it")]:
+                page.get_by_text(label, exact=True).click()
+                page.mouse.click(img["x"] + img["width"] * fx, img["y"] + img["height"] * fy)
+                settle(page)
+            page.locator("#add-clicks").click(timeout=120000)
+            page.wait_for_function("() => document.querySelector('#chips').innerText.includes('from 3 clicks')",
+                                   timeout=120000)
+            # a box, snapped by SAM
+            page.get_by_role("tab", name="Boxes").click()
+            page.wait_for_selector("#boxes canvas", timeout=120000)
+            page.wait_for_timeout(1000)
+            box = page.locator("#boxes canvas").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.25)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.60, box["y"] + box["height"] * 0.60, steps=12)
+            page.mouse.up()
+            page.wait_for_function("() => document.querySelectorAll('#chips button').length == 2", timeout=120000)
+            settle(page)
+            page.locator("#snap input").check()
+            page.wait_for_function("() => document.querySelector('#chips').innerText.includes('snapped by SAM')",
+                                   timeout=120000)
+            settle(page)
+            page.get_by_text("Parameters").click()
+            set_number(page, "temperature", 0)
+            question = page.locator("#question textarea")
+            question.fill("What is <region1> next to <region2>?")
+            page.get_by_text("the regions as REGION JSON").click()
+            page.wait_for_function("() => (document.querySelector('#regions-json textarea').value"
+                                   ".match(/\"rle\"/g) || []).length == 2", timeout=120000)
+            regions_json = page.locator("#regions-json textarea").input_value()
+            assert [list(r) for r in json.loads(regions_json)] == [["rle"], ["rle"]]
+            page.click("#send")
+            page.wait_for_function("() => document.querySelectorAll('#chat .message').length >= 2", timeout=120000)
+            settle(page)
+            shown = page.locator("#chat .message").all_inner_texts()
+            expected = engine_answer(real_tok_rgpt_dir, Image.open(photo).convert("RGB"),
+                                     "What is <region1> next to <region2>?", regions_json)
+            assert readable(shown[-1]) == readable(expected) != ""
+            # describe the two regions drawn
+            page.locator("#describe").click(timeout=120000)
+            page.wait_for_function("() => document.querySelectorAll('#described-list li').length == 2",
+                                   timeout=120000)
+            settle(page)
+            assert page.locator("#described img").count() == 1
+            page.screenshot(path=str(shots / "web_demo_sam.png"), full_page=True)
+        finally:
+            browser.close()

@@ -59,16 +59,17 @@ def conversation(prompt: str, conv_mode: str) -> str:
 
 def describe(engine: RegionEngine, image: Image.Image, regions: Sequence[Region], prompt: str = DEFAULT_PROMPT,
              conv_mode: str = "vicuna_v1", max_new_tokens: int = 64, batch_size: int = 32,
-             progress: bool = True) -> List[str]:
-    """One greedy answer to ``prompt`` (naming ``<region1>``) per region, ``batch_size`` regions per batch."""
+             progress: bool = True, ignore_eos: bool = False) -> List[str]:
+    """One greedy answer to ``prompt`` (naming ``<region1>``) per region, ``batch_size`` regions per batch
+    (``ignore_eos``: answers of exactly ``max_new_tokens`` tokens, for benchmarks)."""
     from tqdm import tqdm
     text = conversation(prompt, conv_mode)
     answers = [""] * len(regions)
     bar = tqdm(total=len(regions), desc="describing", unit="region", disable=not progress, file=sys.stderr)
     for start in range(0, len(regions), batch_size):
         chunk = regions[start:start + batch_size]
-        job = engine.prepare(image, [(text, [r]) for r in chunk], Sampling(temperature=0.0,
-                                                                          max_new_tokens=max_new_tokens))
+        job = engine.prepare(image, [(text, [r]) for r in chunk],
+                             Sampling(temperature=0.0, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos))
         for deltas in engine.generate(job, stream=False):
             for d in deltas:
                 answers[start + d.index] += d.text

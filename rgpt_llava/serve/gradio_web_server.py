@@ -1,11 +1,15 @@
 """A web page to draw regions on a photo and chat about them: stock gradio, no fork, no frontend build.
 
     python -m rgpt_llava.serve.gradio_web_server --model-path CKPT [--device cpu] [--host 127.0.0.1 --port 7860]
+        [--sam-model SAM_DIR]
     python -m rgpt_llava.serve.gradio_web_server --controller-url http://127.0.0.1:21001     # LLaVA's controller
         [--examples DIR_OR_IMAGE ...]
 
 Boxes are dragged on the photo (``gradio_image_annotation``, a maintained gradio component); masks are painted with
-gradio's ImageEditor (brush, eraser; one region per layer). Regions are numbered in the order they are drawn, shown
+gradio's ImageEditor (brush, eraser; one region per layer). With ``--sam-model PATH``, SAM adds three ways: clicks on
+the object (and off it) in the "Click" tab, layers painted as scribbles, and boxes snapped to the object; the mask SAM
+makes is what the preview shows and what the model is given. "Describe everything" answers a prompt for every region
+drawn -- or, with none drawn, for each of SAM's proposals -- as a picture with numbered outlines and a list. Regions are numbered in the order they are drawn, shown
 in their colours on a preview, and listed as chips: clicking one inserts ``<regionN>`` at the cursor of the question.
 A later turn may add regions; every earlier turn's regions stay addressable. Answers stream in; an answer that names
 a region ("Region [2]", "region 2") highlights it on the preview. Errors (an empty mask, ``<region3>`` with two
@@ -28,10 +32,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
+from rgpt_llava.sam import SamModelError, SamPrompter, sam_prompt
+from rgpt_llava.serve.describe import DEFAULT_PROMPT, full_mask, proposals, render
 from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on, model_name_of, run_on
-from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, check_region_json, load_image_file
+from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, check_region_json, load_image_file, parse_regions
 from rgpt_llava.serve.openai_api import (APIError, ChatRequest, ControllerBackend, LocalBackend, Message, Part,
-                                         _bad)
+                                         _bad, describe_request)
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -80,7 +86,9 @@ def rgb(hex_colour: str) -> Tuple[int, int, int]:
 @dataclass
 class Board:
     photo: Optional[Image.Image] = None
-    regions: List[dict] = field(default_factory=list)   # {"kind": box|mask, "key", "spec": REGION JSON or PIL mask}
+    # {"kind": box|mask|click|json, "key", "spec": REGION JSON or a painted PIL mask, and "mask": the PIL mask SAM
+    # made of it (a snapped box, a scribble, clicks) -- then that mask is what is shown and sent}
+    regions: List[dict] = field(default_factory=list)
     highlight: List[int] = field(default_factory=list)  # region numbers an answer named
 
     def set_photo(self, image: Image.Image) -> None:
@@ -93,8 +101,9 @@ class Board:
         kept = [r for r in self.regions if r["kind"] != kind or r["key"] in current]
         known = {r["key"] for r in kept if r["kind"] == kind}
         for r in kept:
-            if r["kind"] == kind:
+            if r["kind"] == kind and not _same(r["spec"], current[r["key"]]):
                 r["spec"] = current[r["key"]]
+                r.pop("mask", None)
         kept += [{"kind": kind, "key": k, "spec": s} for k, s in current.items() if k not in known]
         self.regions = kept
 
@@ -109,7 +118,9 @@ class Board:
             if n in by_number and n not in claimed:
                 claimed.append(n)
                 kept[k] = by_number[n]
-                kept[k]["spec"] = {"box": corners}
+                if kept[k]["spec"] != {"box": corners}:
+                    kept[k]["spec"] = {"box": corners}
+                    kept[k].pop("mask", None)
         gone = [r for n, r in by_number.items() if n not in claimed]
         self.regions = [r for r in self.regions if not any(r is g for g in gone)]
         for k, (*corners, label) in enumerate(drawn):
@@ -129,13 +140,13 @@ class Board:
         for n, r in enumerate(self.regions, 1):
             fill = rgb(colour(n))
             alpha = 150 if n in self.highlight else 60
-            if r["kind"] == "box":
+            if r.get("mask") is None and r["kind"] == "box":
                 x1, y1, x2, y2 = r["spec"]["box"]
                 draw.rectangle([x1, y1, x2, y2], fill=fill + (alpha,), outline=fill + (255,),
                                width=width * (3 if n in self.highlight else 1))
                 anchor = (x1, y1)
             else:
-                mask = r["spec"]
+                mask = sent(r)
                 layer.paste(Image.new("RGBA", out.size, fill + (alpha,)), (0, 0), mask)
                 ys, xs = np.nonzero(np.asarray(mask))
                 anchor = (int(xs.min()), int(ys.min())) if xs.size else (0, 0)
@@ -149,8 +160,8 @@ class Board:
         from pycocotools import mask as mask_utils
         out = []
         for r in self.regions:
-            if r["kind"] == "mask":
-                rle = mask_utils.encode(np.asfortranarray(np.asarray(r["spec"]) > 0).astype(np.uint8))
+            if isinstance(sent(r), Image.Image):
+                rle = mask_utils.encode(np.asfortranarray(np.asarray(sent(r)) > 0).astype(np.uint8))
                 out.append({"rle": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}})
             else:
                 out.append(r["spec"])
@@ -161,14 +172,55 @@ class Board:
             return "<i>No regions yet: drag boxes, or paint masks (one layer per region).</i>"
         out = []
         for n, r in enumerate(self.regions, 1):
+            made = r.get("mask")
+            area = f"{int((np.asarray(sent(r)) > 0).sum())} px" if isinstance(sent(r), Image.Image) else ""
             if r["kind"] == "box":
                 what = "box [" + ", ".join(f"{v:.0f}" for v in r["spec"]["box"]) + "]"
+                what += f" snapped by SAM, {area}" if made is not None else ""
+            elif r["kind"] == "click":
+                clicks = len(r["spec"]["points"])
+                what = f"SAM mask from {clicks} click{'s' if clicks > 1 else ''}, {area}"
+            elif made is not None:
+                what = f"SAM mask from a scribble, {area}"
             else:
-                what = f"mask, {int((np.asarray(r['spec']) > 0).sum())} px"
+                what = f"mask, {area}"
             out.append(f'<button class="rgpt-chip" style="border-color:{colour(n)}" '
                        f'onclick="rgptInsert(\'&lt;region{n}&gt;\')" title="insert &lt;region{n}&gt;">'
                        f'&lt;region{n}&gt; {html.escape(what)}</button>')
         return "".join(out)
+
+
+def _full(region, size: Tuple[int, int]) -> Image.Image:
+    """A parsed region as the page keeps masks: a PIL "L" image of the photo's size, 255 inside."""
+    return Image.fromarray(full_mask(region, *size).astype(np.uint8) * 255)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Image.Image) and isinstance(b, Image.Image):
+        return a.size == b.size and a.tobytes() == b.tobytes()
+    return a == b
+
+
+def sent(region: dict):
+    """What a region on the board gives the model: the mask SAM made of it, else what was drawn."""
+    return region["mask"] if region.get("mask") is not None else region["spec"]
+
+
+def overlay(photo: Image.Image, mask: Optional[np.ndarray], clicks: Sequence[Tuple[float, float, int]]
+            ) -> Image.Image:
+    """The Click tab's picture: the photo, the mask SAM makes of the clicks so far, the clicks (green on the object,
+    red off it)."""
+    out = photo.convert("RGBA")
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    if mask is not None:
+        layer.paste(Image.new("RGBA", out.size, rgb(COLOURS[2]) + (110,)), (0, 0),
+                    Image.fromarray(mask.astype(np.uint8) * 255))
+    draw = ImageDraw.Draw(layer)
+    r = max(3, round(max(out.size) / 120))
+    for x, y, label in clicks:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(40, 200, 60, 255) if label else (230, 30, 30, 255),
+                     outline=(255, 255, 255, 255), width=max(1, r // 3))
+    return Image.alpha_composite(out, layer).convert("RGB")
 
 
 def masks_from(value: Optional[dict], size: Tuple[int, int]) -> dict:
@@ -221,7 +273,7 @@ def build_request(board: Board, turns: Sequence[Tuple[str, str]], model: Optiona
     for t, (role, text) in enumerate(rewritten):
         parts = [Part("image", param="photo")] if t == first_user and board.photo is not None else []
         parts.append(Part("text", text, param=f"turn {t + 1}"))
-        parts += [Part("region", region=board.regions[page]["spec"], param=f"region {page + 1}")
+        parts += [Part("region", region=sent(board.regions[page]), param=f"region {page + 1}")
                   for page in order if attach[page] == t]
         messages.append(Message(role, parts, f"turn {t + 1}"))
     return ChatRequest(model, None, messages, board.photo, sampling, stream=True)
@@ -244,6 +296,7 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
     from gradio_image_annotation import image_annotator
 
     executor = getattr(backend, "executor", None)
+    sam = getattr(backend, "sam", None)
 
     def message_for(e: Exception) -> str:
         return e.message if isinstance(e, APIError) else str(e)
@@ -266,15 +319,49 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
                                                 eraser=gr.Eraser(default_size=18), height=420,
                                                 placeholder="Upload a photo here, then paint masks: one layer per "
                                                             "region (add layers with the layer menu)")
+                        scribble = gr.Checkbox(False, visible=sam is not None, elem_id="scribble",
+                                               label="the layers are scribbles: SAM turns each into a mask")
                     with gr.Tab("Boxes", id="boxes"):
                         boxes = image_annotator(label_list=["region"], label_colors=[COLOURS[0]], interactive=True,
                                                 disable_edit_boxes=True, use_default_label=True, sources=[],
                                                 image_type="pil", elem_id="boxes", show_label=False, height=420)
+                        snap = gr.Checkbox(False, visible=sam is not None, elem_id="snap",
+                                           label="snap the boxes to the objects in them (SAM)")
+                    with gr.Tab("Click", id="click", visible=sam is not None):
+                        clicker = gr.Image(type="pil", interactive=False, show_label=False, elem_id="clicker",
+                                           height=420, show_download_button=False, show_fullscreen_button=False)
+                        with gr.Row():
+                            polarity = gr.Radio(["on the object", "not on it"], value="on the object",
+                                                label="a click is", elem_id="polarity")
+                            add_clicks = gr.Button("Add as a region", elem_id="add-clicks", size="sm")
+                            reset_clicks = gr.Button("Reset the clicks", elem_id="reset-clicks", size="sm")
                 preview = gr.Image(label="regions", interactive=False, elem_id="preview", height=300)
                 chips = gr.HTML(Board().chips(), elem_id="chips")
                 clear_regions = gr.Button("Clear regions", size="sm", elem_id="clear-regions")
                 with gr.Accordion("the regions as REGION JSON (for the API)", open=False):
-                    regions_json = gr.Code("[]", language="json", interactive=False, elem_id="regions-json")
+                    # a text box, not gr.Code: CodeMirror leaves the unseen part of a long line (an RLE) out of the
+                    # page, so what a user selects and copies would not be the whole JSON
+                    regions_json = gr.Textbox("[]", interactive=False, lines=3, max_lines=8, show_copy_button=True,
+                                              show_label=False, elem_id="regions-json")
+                with gr.Accordion("Describe everything", open=False, elem_id="describe-panel"):
+                    gr.Markdown("One answer per region drawn" + (" -- or, with none drawn, per region SAM "
+                                                                 "proposes." if sam is not None else "."))
+                    describe_prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt (the region is <region1>)",
+                                                 elem_id="describe-prompt")
+                    with gr.Row():
+                        describe_max = gr.Slider(1, MAX_REGIONS, value=16, step=1, label="at most this many regions",
+                                                 elem_id="describe-max")
+                        describe_tokens = gr.Slider(1, 256, value=32, step=1, label="max new tokens per region",
+                                                    elem_id="describe-tokens")
+                    with gr.Row(visible=sam is not None):
+                        grid = gr.Slider(2, 64, value=32, step=1, label="SAM: points per side", elem_id="grid")
+                        iou_min = gr.Slider(0.0, 1.0, value=0.88, step=0.01, label="SAM: predicted IoU at least",
+                                            elem_id="iou-min")
+                        stable_min = gr.Slider(0.0, 1.0, value=0.95, step=0.01, label="SAM: stability at least",
+                                               elem_id="stable-min")
+                    describe_go = gr.Button("Describe everything", elem_id="describe")
+                    described = gr.Image(label="described", interactive=False, elem_id="described", visible=False)
+                    described_list = gr.HTML("", elem_id="described-list")
                 if examples:
                     gallery = gr.Gallery(value=list(examples), label="examples: click one", columns=6, height=120,
                                          allow_preview=False, elem_id="examples")
@@ -296,6 +383,7 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
                     top_p = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="top-p", elem_id="top-p")
                     max_tokens = gr.Slider(1, 1024, value=256, step=1, label="max new tokens", elem_id="max-tokens")
                 history = gr.State([])   # (role, text) with the page's region numbers
+                clicks = gr.State([])    # the Click tab's clicks so far: (x, y, label)
 
         # ---- drawing ---------------------------------------------------------------------------------------------
         def photo_in_editor(photo):
@@ -304,48 +392,144 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
 
         def new_photo(image, b: Board):
             b.set_photo(image)
-            return b, b.preview(), b.chips(), {"image": b.photo, "boxes": []}, [], [], ""
+            return b, b.preview(), b.chips(), {"image": b.photo, "boxes": []}, [], [], "", b.photo, []
 
-        editor.upload(lambda v, b: new_photo(v["background"], b), [editor, board],
-                      [board, preview, chips, boxes, history, chat, status])
+        photo_outputs = [board, preview, chips, boxes, history, chat, status, clicker, clicks]
+        editor.upload(lambda v, b: new_photo(v["background"], b), [editor, board], photo_outputs)
 
-        def on_boxes(value, b: Board):
+        async def with_sam(fn, *args):
+            """A SAM call on the model's thread (SAM shares the device with the model)."""
+            return await run_on(executor, fn, *args)
+
+        async def snap_masks(b: Board, kind: str, spec_of) -> Optional[str]:
+            """SAM's mask for every region of ``kind`` that has none yet; a sentence when SAM cannot make one."""
+            for n, r in enumerate(b.regions, 1):
+                if r["kind"] == kind and r.get("mask") is None:
+                    try:
+                        region = await with_sam(sam.region, spec_of(r), n - 1, b.photo)
+                    except ValueError as e:
+                        return f"**Region {n}:** {html.escape(str(e))}"
+                    r["mask"] = _full(region, b.photo.size)
+            return None
+
+        async def on_boxes(value, snapping, b: Board):
             if b.photo is None or value is None:
-                return gr.skip(), b, b.preview(), b.chips()
+                return gr.skip(), b, b.preview(), b.chips(), gr.skip()
             numbered = b.sync_boxes([[float(x[k]) for k in ("xmin", "ymin", "xmax", "ymax")] + [x.get("label")]
                                      for x in value.get("boxes") or []])
             drawn = value.get("boxes") or []
             relabel = [dict(x, label=str(n), color=rgb(colour(n))) for x, n in zip(drawn, numbered)]
             changed = any(str(x.get("label")) != str(n) for x, n in zip(drawn, numbered))
+            problem = None
+            for r in b.regions:
+                if r["kind"] == "box" and not snapping:
+                    r.pop("mask", None)
+            if snapping and sam is not None:
+                problem = await snap_masks(b, "box", lambda r: {**r["spec"], "snap": True})
             return ({"image": value["image"], "boxes": relabel} if changed else gr.skip(), b, b.preview(),
-                    b.chips())
+                    b.chips(), problem or "")
 
-        def on_editor(value, b: Board):
+        async def on_editor(value, scribbles, b: Board):
             if b.photo is None or value is None:
-                return b, b.preview(), b.chips()
+                return b, b.preview(), b.chips(), gr.skip()
             b.sync("mask", masks_from(value, b.photo.size))
-            return b, b.preview(), b.chips()
+            for r in b.regions:
+                if r["kind"] == "mask" and not scribbles:
+                    r.pop("mask", None)
+            problem = None
+            if scribbles and sam is not None:
+                problem = await snap_masks(b, "mask", lambda r: {"scribble": r["spec"]})
+            return b, b.preview(), b.chips(), problem or ""
 
-        boxes.change(on_boxes, [boxes, board], [boxes, board, preview, chips])
-        editor.change(on_editor, [editor, board], [board, preview, chips])
+        boxes.change(on_boxes, [boxes, snap, board], [boxes, board, preview, chips, status])
+        snap.change(on_boxes, [boxes, snap, board], [boxes, board, preview, chips, status])
+        editor.change(on_editor, [editor, scribble, board], [board, preview, chips, status])
+        scribble.change(on_editor, [editor, scribble, board], [board, preview, chips, status])
+
+        # ---- clicks (SAM) ----------------------------------------------------------------------------------------
+        async def on_click(b: Board, pending, kind, evt: gr.SelectData):
+            if b.photo is None or sam is None:
+                return pending, gr.skip(), "Upload a photo first."
+            x, y = (float(v) for v in evt.index)
+            now = pending + [(x, y, 1 if kind == "on the object" else 0)]
+            if not any(label for _, _, label in now):
+                return now, overlay(b.photo, None, now), "Click on the object too: SAM needs one click on it."
+            try:
+                prompt = sam_prompt({"points": [[cx, cy] for cx, cy, _ in now], "labels": [lab for *_, lab in now]},
+                                    len(b.regions), b.photo.size)
+                mask, _ = await with_sam(sam.mask, b.photo, prompt)
+            except ValueError as e:
+                return pending, gr.skip(), html.escape(str(e))
+            return now, overlay(b.photo, mask, now), ""
+
+        async def on_add_clicks(b: Board, pending):
+            if b.photo is None or not pending:
+                return b, pending, gr.skip(), b.preview(), b.chips(), "Click on the object in the photo first."
+            spec = {"points": [[x, y] for x, y, _ in pending], "labels": [lab for *_, lab in pending]}
+            try:
+                region = await with_sam(sam.region, spec, len(b.regions), b.photo)
+            except ValueError as e:
+                return b, pending, gr.skip(), b.preview(), b.chips(), html.escape(str(e))
+            b.regions.append({"kind": "click", "key": object(), "spec": spec, "mask": _full(region, b.photo.size)})
+            return b, [], b.photo, b.preview(), b.chips(), ""
+
+        clicker.select(on_click, [board, clicks, polarity], [clicks, clicker, status])
+        add_clicks.click(on_add_clicks, [board, clicks], [board, clicks, clicker, preview, chips, status])
+        reset_clicks.click(lambda b: ([], b.photo), [board], [clicks, clicker])
         chips.change(lambda b: b.as_json(), [board], [regions_json])
 
         def on_clear_regions(b: Board):
             b.regions, b.highlight = [], []
             if b.photo is None:
-                return b, b.preview(), b.chips(), gr.skip(), gr.skip()
-            return b, b.preview(), b.chips(), {"image": b.photo, "boxes": []}, photo_in_editor(b.photo)
+                return b, b.preview(), b.chips(), gr.skip(), [], gr.skip()
+            return b, b.preview(), b.chips(), {"image": b.photo, "boxes": []}, [], b.photo
 
-        # the editor is set while its tab shows (see above)
-        clear_regions.click(lambda: gr.Tabs(selected="photo"), None, tabs).then(
-            on_clear_regions, [board], [board, preview, chips, boxes, editor])
+        # the editor is set while its tab shows (see above), in a step of its own: the page applies an event's
+        # outputs together, and the editor may take its time
+        clear_regions.click(on_clear_regions, [board], [board, preview, chips, boxes, clicks, clicker]).then(
+            lambda: gr.Tabs(selected="photo"), None, tabs).then(
+            lambda b: photo_in_editor(b.photo) if b.photo is not None else gr.skip(), [board], [editor])
 
         if examples:
             def on_example(b: Board, evt: gr.SelectData):
                 return (*new_photo(load_image_file(examples[evt.index], "example").convert("RGB"), b),
                         photo_in_editor(b.photo))
             gallery.select(lambda: gr.Tabs(selected="photo"), None, tabs).then(
-                on_example, [board], [board, preview, chips, boxes, history, chat, status, editor])
+                on_example, [board], photo_outputs + [editor])
+
+        # ---- describe everything ---------------------------------------------------------------------------------
+        async def on_describe(b: Board, prompt, limit, tokens, side, iou, stable, model_name):
+            if b.photo is None:
+                return gr.skip(), "", "Upload a photo first."
+            try:
+                if b.regions:
+                    items = [(sent(r), f"region {n}") for n, r in enumerate(b.regions, 1)][:int(limit)]
+                    regions = await with_sam(parse_regions, items, b.photo.size, MAX_REGIONS, b.photo, sam)
+                elif sam is not None:
+                    regions = await with_sam(lambda: proposals(sam, b.photo, int(limit), points_per_side=int(side),
+                                                               pred_iou_thresh=float(iou),
+                                                               stability_score_thresh=float(stable)))
+                    if not regions:
+                        return gr.skip(), "", "SAM proposed no region above its thresholds: lower them, or draw."
+                else:
+                    return gr.skip(), "", "Draw regions first (this page has no SAM to propose them)."
+                req = describe_request(b.photo, regions, prompt, int(tokens), model_name)
+                events, _ = await run_on(executor, backend.start, req)
+                texts = [""] * len(regions)
+                async for evs in iterate_on(executor, events):
+                    for ev in evs:
+                        if ev.error:
+                            raise APIError(502, ev.error)
+                        texts[ev.index] += ev.text
+            except (APIError, InputError) as e:
+                return gr.skip(), "", f"**Not described:** {html.escape(message_for(e))}"
+            texts = [t.strip() for t in texts]
+            listing = "<ol>" + "".join(f'<li style="color:{colour(k + 1)}"><span style="color:initial">'
+                                      f'{html.escape(t)}</span></li>' for k, t in enumerate(texts)) + "</ol>"
+            return gr.Image(render(b.photo, regions, texts), visible=True), listing, ""
+
+        describe_go.click(on_describe, [board, describe_prompt, describe_max, describe_tokens, grid, iou_min,
+                                        stable_min, model], [described, described_list, status])
 
         # ---- chatting --------------------------------------------------------------------------------------------
         def shown(hist):
@@ -473,6 +657,8 @@ def main(argv=None) -> int:
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--max-regions", type=int, default=MAX_REGIONS)
     p.add_argument("--examples", nargs="*", default=[], help="example photos: image files or folders of them")
+    p.add_argument("--sam-model", default=None, metavar="PATH",
+                   help="a local SAM folder: clicks, scribbles, snapped boxes and proposals for Describe everything")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--title", default="RegionGPT")
@@ -490,14 +676,20 @@ def main(argv=None) -> int:
         from rgpt_llava.model.builder import CheckpointError
         try:
             engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit,
-                                       args.load_4bit, max_regions=args.max_regions,
+                                       args.load_4bit, max_regions=args.max_regions, sam_model=args.sam_model,
                                        name=args.model_name or model_name_of(args.model_path))
         except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-            print(f"error: --model-path {args.model_path}: {e}", file=sys.stderr)
+            where = "" if str(e).startswith("--sam-model") else f"--model-path {args.model_path}: "
+            print(f"error: {where}{e}", file=sys.stderr)
             return 2
         backend = LocalBackend(engine, args.conv_mode)
     else:
-        backend = ControllerBackend(args.controller_url, args.conv_mode)
+        try:
+            sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
+        except SamModelError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        backend = ControllerBackend(args.controller_url, args.conv_mode, sam=sam)
         try:
             backend.models()
         except APIError as e:

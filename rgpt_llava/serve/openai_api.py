@@ -536,12 +536,16 @@ def parse_describe_request(body: Any, backend, max_regions: int = MAX_REGIONS) -
             regions = proposals(backend.sam, image, limit, **grid)
     except InputError as e:
         raise _bad(str(e), e.param) from None
+    return describe_request(image, regions, prompt, int(max_tokens), model, conv_mode), regions
+
+
+def describe_request(image, regions: Sequence[Region], prompt: str, max_tokens: int, model: Optional[str] = None,
+                     conv_mode: Optional[str] = None) -> ChatRequest:
+    """One greedy question per region (``per_region``): the prompt names the region as ``<region1>``."""
     parts = [Part("image", param="image")] + [Part("region", region=r, param=f"regions[{r.index}]") for r in regions]
     parts.append(Part("text", prompt, param="prompt"))
-    req = ChatRequest(model, None, [Message("user", parts, "prompt")], image,
-                      Sampling(temperature=0.0, max_new_tokens=int(max_tokens)), per_region=True,
-                      conv_mode=conv_mode)
-    return req, regions
+    return ChatRequest(model, None, [Message("user", parts, "prompt")], image,
+                       Sampling(temperature=0.0, max_new_tokens=max_tokens), per_region=True, conv_mode=conv_mode)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -263,8 +263,8 @@ def sam_web(tmp_path, real_tok_rgpt_dir, tiny_sam_dir):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium: apt-get install chromium (.ci/run does)")
 def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_dir, images_dir, tmp_path):
-    """Clicks (on and off the object) and a snapped box become SAM's masks; the answer equals the engine's for the
-    page's REGION JSON (the masks as RLE, no SAM involved): what the page shows is what the model was given.
+    """Clicks (on and off the object), a snapped box and a scribble become SAM's masks; the answer equals the engine's
+    for the page's REGION JSON (the masks as RLE, no SAM involved): what the page shows is what the model was given.
     Describe everything: SAM's proposals (none drawn yet), then the drawn regions."""
     from gradio_client import Client, handle_file
     from playwright.sync_api import sync_playwright
@@ -363,5 +363,23 @@ def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_
             settle(page)
             assert page.locator("#described img").count() == 1
             page.screenshot(path=str(shots / "web_demo_sam.png"), full_page=True)
+            # a brush stroke read as a scribble: SAM's mask becomes region 3; unticked, the stroke itself is the mask
+            page.evaluate("window.scrollTo(0, 0)")
+            page.get_by_role("tab", name="Photo and masks").dispatch_event("click")
+            page.locator("#scribble input").check(timeout=120000)
+            settle(page)
+            canvas = page.locator("#editor canvas").first.bounding_box()
+            x, y = canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.55
+            page.mouse.move(x, y)
+            page.mouse.down()
+            for k in range(12):
+                page.mouse.move(x + 3 * k, y + k)
+            page.mouse.up()
+            page.wait_for_function("() => document.querySelector('#chips').innerText.includes('from a scribble')",
+                                   timeout=120000)
+            assert page.locator("#chips button").count() == 3
+            page.locator("#scribble input").uncheck()
+            page.wait_for_function("() => !document.querySelector('#chips').innerText.includes('scribble')",
+                                   timeout=120000)
         finally:
             browser.close()

@@ -30,15 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def build_checkpoint(tmp: Path) -> str:
-    from rgpt_llava.assets import llama_tokenizer_dir
-    from rgpt_llava.convert import convert
-    from rgpt_llava.tiny import build_tiny_clip, build_tiny_llava
-    clip = build_tiny_clip(tmp / "clip")
-    llava = build_tiny_llava(tmp / "llava", str(llama_tokenizer_dir()), clip)
-    return convert(llava, str(tmp / "rgpt"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import build_checkpoint  # noqa: E402  (the same tiny checkpoint as the API benchmark)
 
 
 def boxes(n: int, width: int, height: int):

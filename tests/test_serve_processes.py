@@ -166,3 +166,19 @@ def test_a_worker_without_its_controller_says_so(tiny_rgpt_dir):
                            "--model-path", tiny_rgpt_dir, "--device", "cpu", "--port", str(free_port())],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2 and f"cannot register with the controller at {dead}" in proc.stderr
+
+
+@pytest.mark.parametrize("server, flags, message", [
+    ("rgpt_llava.serve.openai_api", ["--controller-address", "http://127.0.0.1:9", "--sam-model", "MISSING"],
+     "error: --sam-model MISSING"),
+    ("rgpt_llava.serve.gradio_web_server", ["--controller-url", "http://127.0.0.1:9", "--sam-model", "MISSING"],
+     "error: --sam-model MISSING"),
+    ("rgpt_llava.serve.gradio_web_server", ["--controller-url", "http://127.0.0.1:9"],
+     "error: --controller-url http://127.0.0.1:9: "),
+    ("rgpt_llava.serve.gradio_web_server", ["--model-path", "MISSING"], "error: --model-path MISSING: "),
+])
+def test_the_servers_name_a_flag_they_cannot_start_with(server, flags, message, tmp_path, capsys):
+    import importlib
+    flags = [f.replace("MISSING", str(tmp_path / "nope")) for f in flags]
+    assert importlib.import_module(server).main(flags + ["--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith(message.replace("MISSING", str(tmp_path / "nope")))

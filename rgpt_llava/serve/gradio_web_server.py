@@ -32,12 +32,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
-from rgpt_llava.sam import SamModelError, SamPrompter, sam_prompt
+from rgpt_llava.sam import sam_prompt
 from rgpt_llava.serve.describe import DEFAULT_PROMPT, full_mask, proposals, render
-from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on, model_name_of, run_on
+from rgpt_llava.serve.engine import Sampling, iterate_on, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, check_region_json, load_image_file, parse_regions
-from rgpt_llava.serve.openai_api import (APIError, ChatRequest, ControllerBackend, LocalBackend, Message, Part,
-                                         _bad, describe_request)
+from rgpt_llava.serve.openai_api import (APIError, ChatRequest, Message, Part, StartupError, _bad, backend_from_args,
+                                         describe_request)
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -107,27 +107,27 @@ class Board:
         kept += [{"kind": kind, "key": k, "spec": s} for k, s in current.items() if k not in known]
         self.regions = kept
 
-    def sync_boxes(self, drawn: Sequence[list]) -> List[int]:
-        """``drawn``: the annotator's boxes as [x1, y1, x2, y2, label]. A box keeps its region while it carries the
-        region's number as its label (the page writes it there); an unlabelled box is a new region; a number no
-        box carries any more is a deleted region. Returns each box's region number, after renumbering."""
-        by_number = {n: r for n, r in enumerate(self.regions, 1) if r["kind"] == "box"}
-        kept, claimed = {}, []
-        for k, (*corners, label) in enumerate(drawn):
-            n = int(label) if str(label).isdigit() else None
-            if n in by_number and n not in claimed:
-                claimed.append(n)
-                kept[k] = by_number[n]
-                if kept[k]["spec"] != {"box": corners}:
-                    kept[k]["spec"] = {"box": corners}
-                    kept[k].pop("mask", None)
-        gone = [r for n, r in by_number.items() if n not in claimed]
+    def sync_boxes(self, drawn: Sequence[list]) -> None:
+        """``drawn``: the annotator's boxes as [x1, y1, x2, y2], in its order. A box drawn where a box region is
+        keeps that region; of the rest, as many as box regions are left over are those regions edited (a move or a
+        resize, in order); more boxes than that are new regions, numbered after the last; box regions left without a
+        box are deleted (later regions move up). The page writes nothing back into the annotator: a reply written
+        there lands after the user has dragged on, and would put the box back to where it was."""
+        old = [r for r in self.regions if r["kind"] == "box"]
+        unmatched_old, unmatched_new, gone = list(old), [], []
+        for corners in drawn:
+            same = next((r for r in unmatched_old if r["spec"]["box"] == list(corners)), None)
+            if same is not None:
+                unmatched_old.remove(same)
+            else:
+                unmatched_new.append(list(corners))
+        for r, corners in zip(unmatched_old, unmatched_new):
+            r["spec"] = {"box": corners}
+            r.pop("mask", None)
+        gone = unmatched_old[len(unmatched_new):]
         self.regions = [r for r in self.regions if not any(r is g for g in gone)]
-        for k, (*corners, label) in enumerate(drawn):
-            if k not in kept:
-                kept[k] = {"kind": "box", "key": object(), "spec": {"box": corners}}
-                self.regions.append(kept[k])
-        return [next(i + 1 for i, r in enumerate(self.regions) if r is kept[k]) for k in range(len(drawn))]
+        self.regions += [{"kind": "box", "key": object(), "spec": {"box": corners}}
+                         for corners in unmatched_new[len(unmatched_old):]]
 
     def preview(self) -> Optional[Image.Image]:
         """The photo with every region filled lightly in its colour and numbered; named ones stand out."""
@@ -221,6 +221,11 @@ def overlay(photo: Image.Image, mask: Optional[np.ndarray], clicks: Sequence[Tup
         draw.ellipse([x - r, y - r, x + r, y + r], fill=(40, 200, 60, 255) if label else (230, 30, 30, 255),
                      outline=(255, 255, 255, 255), width=max(1, r // 3))
     return Image.alpha_composite(out, layer).convert("RGB")
+
+
+def drawn_boxes(value: dict) -> List[dict]:
+    """The annotator's boxes that are regions: one of no area is a press not yet dragged (the annotator reports it)."""
+    return [x for x in value.get("boxes") or [] if x["xmax"] > x["xmin"] and x["ymax"] > x["ymin"]]
 
 
 def masks_from(value: Optional[dict], size: Tuple[int, int]) -> dict:
@@ -414,20 +419,15 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
 
         async def on_boxes(value, snapping, b: Board):
             if b.photo is None or value is None:
-                return gr.skip(), b, b.preview(), b.chips(), gr.skip()
-            numbered = b.sync_boxes([[float(x[k]) for k in ("xmin", "ymin", "xmax", "ymax")] + [x.get("label")]
-                                     for x in value.get("boxes") or []])
-            drawn = value.get("boxes") or []
-            relabel = [dict(x, label=str(n), color=rgb(colour(n))) for x, n in zip(drawn, numbered)]
-            changed = any(str(x.get("label")) != str(n) for x, n in zip(drawn, numbered))
+                return b, b.preview(), b.chips(), gr.skip()
+            b.sync_boxes([[float(x[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for x in drawn_boxes(value)])
             problem = None
             for r in b.regions:
                 if r["kind"] == "box" and not snapping:
                     r.pop("mask", None)
             if snapping and sam is not None:
                 problem = await snap_masks(b, "box", lambda r: {**r["spec"], "snap": True})
-            return ({"image": value["image"], "boxes": relabel} if changed else gr.skip(), b, b.preview(),
-                    b.chips(), problem or "")
+            return b, b.preview(), b.chips(), problem or ""
 
         async def on_editor(value, scribbles, b: Board):
             if b.photo is None or value is None:
@@ -441,8 +441,8 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
                 problem = await snap_masks(b, "mask", lambda r: {"scribble": r["spec"]})
             return b, b.preview(), b.chips(), problem or ""
 
-        boxes.change(on_boxes, [boxes, snap, board], [boxes, board, preview, chips, status])
-        snap.change(on_boxes, [boxes, snap, board], [boxes, board, preview, chips, status])
+        boxes.change(on_boxes, [boxes, snap, board], [board, preview, chips, status])
+        snap.change(on_boxes, [boxes, snap, board], [board, preview, chips, status])
         editor.change(on_editor, [editor, scribble, board], [board, preview, chips, status])
         scribble.change(on_editor, [editor, scribble, board], [board, preview, chips, status])
 
@@ -672,29 +672,16 @@ def main(argv=None) -> int:
             examples.append(str(path))
         else:
             p.error(f"--examples {item}: no such file or folder")
-    if args.model_path:
-        from rgpt_llava.model.builder import CheckpointError
-        try:
-            engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit,
-                                       args.load_4bit, max_regions=args.max_regions, sam_model=args.sam_model,
-                                       name=args.model_name or model_name_of(args.model_path))
-        except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-            where = "" if str(e).startswith("--sam-model") else f"--model-path {args.model_path}: "
-            print(f"error: {where}{e}", file=sys.stderr)
-            return 2
-        backend = LocalBackend(engine, args.conv_mode)
-    else:
-        try:
-            sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
-        except SamModelError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        backend = ControllerBackend(args.controller_url, args.conv_mode, sam=sam)
-        try:
-            backend.models()
-        except APIError as e:
-            print(f"error: --controller-url {args.controller_url}: {e.message}", file=sys.stderr)
-            return 2
+    try:
+        backend = backend_from_args(args, args.controller_url)
+        if not args.model_path:
+            try:
+                backend.models()
+            except APIError as e:
+                raise StartupError(f"--controller-url {args.controller_url}: {e.message}") from e
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     demo = build_demo(backend, examples, args.title)
     print(f"the page: http://{args.host}:{args.port}", flush=True)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=False, show_error=False,

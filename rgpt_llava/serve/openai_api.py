@@ -667,6 +667,32 @@ def build_app(backend, max_regions: int = MAX_REGIONS, limit_concurrency: int = 
     return app
 
 
+class StartupError(Exception):
+    """A server cannot start: the message names the flag and the problem."""
+
+
+def backend_from_args(args, controller: Optional[str]):
+    """The backend a server's flags ask for (shared by this API and the web page): ``--model-path`` loads the model
+    (and ``--sam-model``) in this process; otherwise the model workers behind LLaVA's ``controller``, with SAM, when
+    given, loaded here to turn clicks, scribbles and snapped boxes into masks before a request is forwarded."""
+    if args.model_path:
+        from rgpt_llava.model.builder import CheckpointError
+        try:
+            engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
+                                       max_regions=args.max_regions, sam_model=args.sam_model,
+                                       name=args.model_name or model_name_of(args.model_path))
+        except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
+            where = "" if str(e).startswith("--sam-model") else f"--model-path {args.model_path}: "
+            raise StartupError(f"{where}{e}") from e
+        return LocalBackend(engine, args.conv_mode)
+    from rgpt_llava.sam import SamModelError, SamPrompter
+    try:
+        sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
+    except SamModelError as e:
+        raise StartupError(str(e)) from e
+    return ControllerBackend(controller, args.conv_mode, sam=sam)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -688,25 +714,11 @@ def main(argv=None) -> int:
     for flag in ("max_regions", "limit_concurrency"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.model_path:
-        from rgpt_llava.model.builder import CheckpointError
-        try:
-            engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
-                                       max_regions=args.max_regions, sam_model=args.sam_model,
-                                       name=args.model_name or model_name_of(args.model_path))
-        except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-            where = "" if str(e).startswith("--sam-model") else f"--model-path {args.model_path}: "
-            print(f"error: {where}{e}", file=sys.stderr)
-            return 2
-        backend = LocalBackend(engine, args.conv_mode)
-    else:
-        from rgpt_llava.sam import SamModelError, SamPrompter
-        try:
-            sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
-        except SamModelError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        backend = ControllerBackend(args.controller_address, args.conv_mode, sam=sam)
+    try:
+        backend = backend_from_args(args, args.controller_address)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import uvicorn
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(build_app(backend, args.max_regions, args.limit_concurrency), host=args.host, port=args.port,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from rgpt_llava.area import area_weights
 from rgpt_llava.model.region_encoder import (BilinearRefiner, DeconvRefiner, adaptive_merge, build_refiner,
-                                             mask_pool, refiner_scale)
+                                             mask_pool, refine_merge_and_pool, refiner_scale)
 
 
 def fmap_1c(values):
@@ -145,3 +145,50 @@ def test_blockwise_area_resize_equals_dense(src, dst):
     out = area_resize(m, dst)
     assert out.shape == (2, 3, *dst)
     assert torch.allclose(out, dense, atol=1e-12)
+
+
+def full_map_path(refiner, grid, size, masks):
+    fmap = refiner(grid)
+    return adaptive_merge(fmap, size), mask_pool(fmap, masks)
+
+
+@pytest.mark.parametrize("kind", ["deconv", "deconv_residual", "bilinear"])
+@pytest.mark.parametrize("size", [(6, 6), (3, 3), (4, 4)])
+def test_merge_and_pool_without_the_full_map_equal_the_full_maps(kind, size):
+    torch.manual_seed(0)
+    refiner = build_refiner(cfg(kind))
+    if kind == "deconv_residual":   # a trained one: its last deconvolution is no longer zero
+        torch.nn.init.normal_(refiner.up2.weight, std=0.2)
+        torch.nn.init.normal_(refiner.up2.bias)
+    grid = torch.randn(2, 8, 6, 6, requires_grad=True)
+    masks = [(torch.rand(3, 24, 24) > 0.6).float(),                       # at the refined map's resolution
+             torch.stack([torch.zeros(84, 84).index_fill_(0, torch.arange(10, 40), 1),
+                          torch.ones(84, 84)]) * torch.rand(84, 84)]       # at an image's, resized in the pooling
+    ours = refine_merge_and_pool(refiner, grid, size, masks)
+    theirs = full_map_path(refiner, grid, size, masks)
+    assert ours[0].shape == theirs[0].shape == (2, size[0] * size[1], 8)
+    assert [r.shape for r in ours[1]] == [r.shape for r in theirs[1]] == [(3, 8), (2, 8)]
+    for a, b in zip([ours[0], *ours[1]], [theirs[0], *theirs[1]]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # the same gradients reach the refiner and its input
+    loss = lambda out: out[0].square().sum() + sum((r * torch.arange(8.0)).sum() for r in out[1])
+    g_ours = torch.autograd.grad(loss(ours), [grid, *refiner.parameters()], allow_unused=True)
+    g_theirs = torch.autograd.grad(loss(full_map_path(refiner, grid, size, masks)), [grid, *refiner.parameters()],
+                                   allow_unused=True)
+    for a, b in zip(g_ours, g_theirs):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-4, rtol=1e-4))
+
+
+def test_merge_and_pool_keep_the_residual_refiners_identity_exact():
+    # a converted LLaVA checkpoint: the zero-initialised branch adds exactly nothing, image tokens are the grid
+    torch.manual_seed(0)
+    grid = torch.randn(1, 8, 5, 5)
+    image, regions = refine_merge_and_pool(build_refiner(cfg("deconv_residual")), grid, (5, 5), [None])
+    assert torch.equal(image, grid.flatten(2).transpose(1, 2)) and regions[0].shape == (0, 8)
+    # a region of one grid cell (4x4 refined cells) is that cell's feature, to rounding
+    mask = torch.zeros(1, 20, 20)
+    mask[0, 8:12, 4:8] = 1
+    _, regions = refine_merge_and_pool(build_refiner(cfg("deconv_residual")), grid, (5, 5), [mask])
+    assert torch.allclose(regions[0][0], grid[0, :, 2, 1])
+    with pytest.raises(ValueError, match="region 1 has an empty mask"):
+        refine_merge_and_pool(build_refiner(cfg("deconv")), grid, (5, 5), [torch.zeros(1, 20, 20)])

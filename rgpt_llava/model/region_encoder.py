@@ -128,26 +128,38 @@ def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.T
     than one cell still weighs on the cell(s) it touches. Returns a list of [R_b, C] tensors.
     """
     B, C, h, w = feature_map.shape
-    if len(region_masks) != B:
-        raise ValueError(f"region_masks has {len(region_masks)} entries for a batch of {B} images")
+    weights, counts = region_weights(region_masks, B, (h, w), feature_map.device)
+    if weights is None:
+        return [feature_map.new_zeros((0, C)) for _ in range(B)]
+    feats = feature_map.flatten(2).transpose(1, 2)  # [B, h*w, C]
+    pooled = torch.bmm(weights.to(feats.dtype), feats)  # [B, R_max, C]
+    return [pooled[b, : counts[b]] for b in range(B)]
+
+
+def region_weights(region_masks: Sequence[Optional[torch.Tensor]], batch: int, size: Tuple[int, int], device
+                   ) -> Tuple[Optional[torch.Tensor], List[int]]:
+    """The pooling weights of :func:`mask_pool`: [B, R_max, h*w] float32, each valid row summing to 1 (padded rows
+    zero), and the region count of each sample; ``None`` weights when no sample has a region."""
+    h, w = size
+    if len(region_masks) != batch:
+        raise ValueError(f"region_masks has {len(region_masks)} entries for a batch of {batch} images")
     for b, m in enumerate(region_masks):
         if m is not None and m.ndim != 3:
             raise ValueError(f"sample {b}: region masks must be [R, H, W], got shape {tuple(m.shape)}")
     counts = [0 if m is None else int(m.shape[0]) for m in region_masks]
     r_max = max(counts, default=0)
     if r_max == 0:
-        return [feature_map.new_zeros((0, C)) for _ in range(B)]
-    device = feature_map.device
+        return None, counts
 
     def cells(m):  # [R, h, w]: share of each cell covered by the region (resized here if not at the map's size)
         return area_resize(m.to(device=device, dtype=torch.float32), (h, w))
 
-    if B == 1:
+    if batch == 1:
         cell = cells(region_masks[0])[None]  # no padding copy for one image
     else:
         # Pad to [B, R_max, h, w] (each sample resized first: a batch may mix both kinds of masks); padded rows get
-        # zero weight and are dropped below.
-        cell = feature_map.new_zeros((B, r_max, h, w), dtype=torch.float32)
+        # zero weight and are dropped by the callers.
+        cell = torch.zeros((batch, r_max, h, w), dtype=torch.float32, device=device)
         for b, m in enumerate(region_masks):
             if counts[b]:
                 cell[b, : counts[b]] = cells(m)
@@ -158,7 +170,45 @@ def mask_pool(feature_map: torch.Tensor, region_masks: Sequence[Optional[torch.T
     if bool(empty.any()):
         b, r = [int(v) for v in empty.nonzero()[0]]
         raise ValueError(f"sample {b}: region {r + 1} has an empty mask (no pixel inside the processed image)")
-    weights = cell.flatten(2) / mass.clamp(min=torch.finfo(mass.dtype).tiny)[..., None]
-    feats = feature_map.flatten(2).transpose(1, 2)  # [B, h*w, C]
-    pooled = torch.bmm(weights.to(feats.dtype), feats)  # [B, R_max, C]
-    return [pooled[b, : counts[b]] for b in range(B)]
+    return cell.flatten(2) / mass.clamp(min=torch.finfo(mass.dtype).tiny)[..., None], counts
+
+
+def refine_merge_and_pool(refiner: nn.Module, grid: torch.Tensor, size: Tuple[int, int],
+                          region_masks: Sequence[Optional[torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """``adaptive_merge(refiner(grid), size)`` and ``mask_pool(refiner(grid), region_masks)`` -- without running the
+    paper's last deconvolution on the whole map when it need not be.
+
+    The ``deconv`` refiner ends in a stride-2, kernel-2 transposed convolution with nothing after it: each output cell
+    (2i+a, 2j+b) is ``W[:, :, a, b]ᵀ z[i, j] + bias`` of one input cell z. Both readers of the map are weighted means,
+    so they commute with it: a 2k×2k window's mean is ``mean_ab(W_ab)ᵀ`` (the k×k mean of z) + bias, and a region's
+    mean is ``Σ_ab W_abᵀ`` (z pooled with the region's cells at offset (a, b)) + bias. The 4× larger map (19 of the
+    refiner's 24 GFLOP on CLIP-L) is never made. ``deconv_residual``'s nearest-upsampled skip is pooled from the grid
+    the same way, exactly (a converted checkpoint stays bit-identical on images). Equal to the full map's path to
+    float rounding (``tests/test_region_encoder.py``). Other refiners, and windows that do not tile the map, take the
+    full path.
+    """
+    B = grid.shape[0]
+    H, W = size
+    factorable = isinstance(refiner, DeconvRefiner) and grid.shape[-2] % H == 0 and grid.shape[-1] % W == 0
+    if not factorable:
+        fmap = refiner(grid)
+        return adaptive_merge(fmap, size), mask_pool(fmap, region_masks)
+    z = refiner.act(refiner.up1(grid))  # [B, C, h1, w1], the last deconvolution's input
+    _, C, h1, w1 = z.shape
+    weight, bias = refiner.up2.weight, refiner.up2.bias  # [C_in, C_out, 2, 2], [C_out]
+    image = adaptive_merge(z, size) @ weight.mean((2, 3)) + bias  # [B, H*W, C]
+    if refiner.residual:
+        image = image + adaptive_merge(grid, size)
+    weights, counts = region_weights(region_masks, B, (2 * h1, 2 * w1), grid.device)
+    if weights is None:
+        return image, [grid.new_zeros((0, C)) for _ in range(B)]
+    R = weights.shape[1]
+    cells = weights.view(B, R, h1, 2, w1, 2)
+    by_offset = cells.permute(0, 1, 3, 5, 2, 4).reshape(B, R * 4, h1 * w1)  # rows (r, a, b) over z's cells
+    pooled_z = torch.bmm(by_offset.to(z.dtype), z.flatten(2).transpose(1, 2)).view(B, R, 4, C)
+    regions = torch.einsum("brkc,kco->bro", pooled_z, weight.permute(2, 3, 0, 1).reshape(4, C, -1)) + bias
+    if refiner.residual:
+        g_h, g_w = grid.shape[-2:]
+        blocks = cells.view(B, R, g_h, h1 * 2 // g_h, g_w, w1 * 2 // g_w).sum((3, 5)).flatten(2)  # [B, R, g*g]
+        regions = regions + torch.bmm(blocks.to(grid.dtype), grid.flatten(2).transpose(1, 2))
+    return image, [regions[b, : counts[b]] for b in range(B)]

@@ -13,7 +13,7 @@ import torch.nn as nn
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 from rgpt_llava.constants import IGNORE_INDEX
-from rgpt_llava.model.region_encoder import adaptive_merge, build_refiner, mask_pool, refiner_scale
+from rgpt_llava.model.region_encoder import build_refiner, refine_merge_and_pool, refiner_scale
 from rgpt_llava.model.splice import count_images, embed_text, splice
 from rgpt_llava.model.vision_tower import tower_features
 
@@ -80,6 +80,10 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
 
     def encode_feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen tower (layer ``mm_vision_select_layer``) -> refined map [B, C, h, w]."""
+        return self.get_model().get_refiner()(self.encode_patch_grid(images))
+
+    def encode_patch_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen tower (layer ``mm_vision_select_layer``) -> patch grid [B, C, g, g], the refiner's input."""
         feats = tower_features(self.get_vision_tower(), images)  # [B, N, C], LLaVA's features without unread layers
         b, n, c = feats.shape
         side = int(round(n ** 0.5))
@@ -88,7 +92,7 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
         grid = feats.transpose(1, 2).reshape(b, c, side, side)
         # The tower may run in another dtype (LLaVA casts it separately); the trainable parts decide.
         projector_dtype = next(self.get_model().mm_projector.parameters()).dtype
-        return self.get_model().get_refiner()(grid.to(projector_dtype))
+        return grid.to(projector_dtype)
 
     def encode_images(self, images):
         """Image tokens only (LLaVA's hook, used by LLaVA code paths that know nothing of regions)."""
@@ -96,12 +100,13 @@ class RGPTMetaForCausalLM(LlavaMetaForCausalLM):
 
     def encode_images_and_regions(self, images: torch.Tensor, region_masks: Optional[Sequence] = None):
         """Returns (image tokens [B, H*W, D], list of region tokens [R_b, D]) after the shared projector."""
-        fmap = self.encode_feature_map(images)
-        image_feats = adaptive_merge(fmap, self.merge_size())  # [B, HW, C]
-        b, hw, c = image_feats.shape
+        grid = self.encode_patch_grid(images)
         if region_masks is None:
-            region_masks = [None] * b
-        region_feats = mask_pool(fmap, region_masks)
+            region_masks = [None] * grid.shape[0]
+        # the refined map's merge and mask pooling; for the paper's deconv, without making the map (region_encoder)
+        image_feats, region_feats = refine_merge_and_pool(self.get_model().get_refiner(), grid, self.merge_size(),
+                                                          region_masks)
+        b, hw, c = image_feats.shape
         counts = [r.shape[0] for r in region_feats]
         # One projector call for image and region features: they share the connector (paper Sec. 3.1).
         flat = torch.cat([image_feats.reshape(b * hw, c)] + region_feats, dim=0)

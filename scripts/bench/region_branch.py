@@ -190,6 +190,10 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
     tower_rgpt = patch_embed + (L - 1) * per_layer
     # Transposed conv, kernel 2 stride 2: every input pixel emits a 2x2 patch of C outputs from its C inputs.
     deconv = sum(2 * (side * 2 ** k) ** 2 * d * d * 4 for k in range(2))
+    # What RGPT runs of it (region_encoder.refine_merge_and_pool): the first deconvolution; the second, linear, is
+    # applied after the merge (one C x C product per image token) and the pooling (four per region token).
+    deconv_first = 2 * side * side * d * d * 4
+    deconv_after_merge = 2 * side * side * d * d
     hw = refined_side * refined_side
     hm = vis_cfg.image_size
 
@@ -200,7 +204,7 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
     def pool(r):
         resize = 2 * r * (refined_side * a * hm + refined_side * refined_side * a)  # blockwise rows, then columns
         gemm = 2 * r * hw * d                                                      # weights @ features
-        return resize, gemm
+        return resize, gemm + 2 * r * 4 * d * d                                    # + the last deconv's 4 offsets
 
     def projector(rows):
         return 2 * rows * (d * LLM_HIDDEN + LLM_HIDDEN * LLM_HIDDEN)
@@ -211,6 +215,7 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
         "tower": tower * g,
         "tower_rgpt": tower_rgpt * g,
         "deconv": deconv * g,
+        "deconv_rgpt": (deconv_first + deconv_after_merge) * g,
         f"pool_resize_{n_regions}": resize_r * g,
         f"pool_gemm_{n_regions}": gemm_r * g,
         "projector_per_row": projector(1) * g / batch,
@@ -221,7 +226,7 @@ def gflop_estimates(vis_cfg, refined_side, n_regions, batch):
         # Masks come at the map's resolution: the model pools them without a resize (made on the host, where the
         # composed operator is banded: O(h + w) per box).
         _, gm = pool(r)
-        return (tower_rgpt + deconv + gm + projector(side * side + r)) * g
+        return (tower_rgpt + deconv_first + deconv_after_merge + gm + projector(side * side + r)) * g
 
     est["llava_total"] = (tower + projector(side * side)) * g
     for r in (1, 8, n_regions):
@@ -489,7 +494,8 @@ def main(argv=None):
     print("analytic GFLOP (from the shapes, batch %d; multiply-add = 2 FLOP):" % args.batch, file=out)
     print(f"  CLIP tower: LLaVA runs all {vis_cfg.num_hidden_layers} layers (it reads layer -2) {est['tower']:.1f}, "
           f"RGPT stops after layer -2 {est['tower_rgpt']:.1f}", file=out)
-    print(f"  refiner, 2 transposed convs (24->48->96, {vis_cfg.hidden_size} ch): {est['deconv']:.1f}", file=out)
+    print(f"  refiner, 2 transposed convs (24->48->96, {vis_cfg.hidden_size} ch): {est['deconv']:.1f} on the "
+          f"whole map; RGPT runs the first and the second's merged/pooled form: {est['deconv_rgpt']:.1f}", file=out)
     print(f"  pooling, {R} regions: GEMM {est[f'pool_gemm_{R}']:.1f} (+ {est[f'pool_resize_{R}']:.2f} to resize "
           f"{size}->{side} in the model, before)", file=out)
     print(f"  projector: {est['projector_per_row']:.4f} per row -> {est['projector_image_tokens']:.1f} for "

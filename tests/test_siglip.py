@@ -191,6 +191,38 @@ def test_cli_names_a_tower_folder_that_is_neither(capsys, tmp_path, siglip_rgpt_
     assert code == 2 and f"vision tower {bad}: model_type 'vit' is neither CLIP" in err
 
 
+@torch.no_grad()
+def test_a_llava_hf_checkpoint_with_a_siglip_tower_gives_transformers_logits(tmp_path, tiny_tokenizer_dir):
+    """llava-hf with a SigLIP tower and strategy 'full' (every token: SigLIP has no CLS) converts; its tower is
+    extracted as a SiglipVisionModel folder and the converted model's logits are transformers' own."""
+    from transformers import LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig
+    from test_convert_llava_hf import build_tiny_llava_hf, hf_input_ids
+    from rgpt_llava.convert import convert_llava_hf
+    from rgpt_llava.mm_utils import tokenizer_region_token
+    from rgpt_llava.model.builder import load_pretrained_model
+
+    vision = SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
+                                image_size=64, patch_size=8)
+    hf_dir = build_tiny_llava_hf(tmp_path / "hf", tiny_tokenizer_dir, vision=vision,
+                                 processor=SiglipImageProcessor(size={"height": 64, "width": 64}),
+                                 vision_feature_select_strategy="full")
+    out = convert_llava_hf(hf_dir, str(tmp_path / "rgpt"))
+    cfg = json.load(open(f"{out}/config.json"))
+    assert json.load(open(f"{cfg['mm_vision_tower']}/config.json"))["model_type"] == "siglip_vision_model"
+    assert (cfg["mm_vision_select_feature"], cfg["mm_hidden_size"]) == ("patch", 48)
+    tok, model, processor, _ = load_pretrained_model(out, None, device="cpu")
+    assert type(model.get_vision_tower()) is SiglipVisionTower and type(processor) is SiglipImageProcessor
+    hf = LlavaForConditionalGeneration.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 64, 64)
+    ids = tokenizer_region_token("<image>\nwhat is in the image?", tok, return_tensors="pt")[None]
+    hf_ids = hf_input_ids(ids[0], hf.config.image_token_index, 64)
+    ours = model(ids, images=image).logits
+    theirs = hf(input_ids=hf_ids, pixel_values=image, attention_mask=torch.ones_like(hf_ids)).logits
+    assert ours.shape == theirs.shape == (1, ids.shape[1] - 1 + 64, model.config.vocab_size)   # 8x8 image tokens
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
 # ---- stage 1 -> stage 2 -> CLI --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_siglip_rgpt_trains_both_stages_and_answers(env, tiny_siglip_dir, images_dir):

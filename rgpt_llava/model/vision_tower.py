@@ -7,12 +7,12 @@ Which class: :func:`build_vision_tower` stands in for LLaVA's factory of the sam
 error naming the folder and the type found. :func:`rgpt_tower_factory` binds it where LLaVA's model mixin looks the
 factory up, while RGPT's model builds or initialises its tower.
 
-Features: LLaVA's ``CLIPVisionTower.forward`` runs every layer and the post-layernorm with ``output_hidden_states=True``,
-then keeps ``hidden_states[mm_vision_select_layer]`` (layer -2 for LLaVA-1.5): the last layer (~16 of 382 GFLOP on
-CLIP ViT-L/14-336) and every other layer's stored states are thrown away. :func:`tower_features` runs the same
-modules in the same order up to the selected layer and stops, so the features are bit-identical
-(``tests/test_region_encoder.py``, ``tests/test_siglip.py``) at a fraction of the cost for small towers (one layer of
-three for the demo's). SigLIP's vision model is the same but for the pre-layernorm, which it has not.
+Features: LLaVA's ``CLIPVisionTower.forward`` runs every layer and the post-layernorm with
+``output_hidden_states=True``, then keeps ``hidden_states[mm_vision_select_layer]`` (layer -2 for LLaVA-1.5): the
+last layer (~16 of 382 GFLOP on CLIP ViT-L/14-336) and every other layer's stored states are thrown away.
+:func:`tower_features` runs the same modules in the same order up to the selected layer and stops, so the features
+are bit-identical (``tests/test_vision_tower.py``, ``tests/test_siglip.py``) at a fraction of the cost for small
+towers (one layer of three for the demo's). SigLIP has no pre-layernorm; the rest is the same.
 """
 import contextlib
 import json
@@ -32,8 +32,8 @@ SIGLIP_MODEL_TYPES = ("siglip_vision_model", "siglip")  # 'siglip': a SiglipMode
 
 
 def tower_model_type(name: str):
-    """``model_type`` of the tower ``name`` names: from a local folder's config.json, else from transformers' hub
-    cache; None where neither has it (LLaVA's factory then decides, as it always did)."""
+    """``model_type`` of the tower ``name`` names: from a local folder's config.json, else as transformers resolves
+    the name (cache or hub); None where it cannot (LLaVA's factory then decides, as it always did)."""
     if os.path.isdir(name):
         path = os.path.join(name, "config.json")
         if not os.path.isfile(path):

@@ -5,11 +5,11 @@
 
 With ``--llava-path``, SRC is a full LLaVA checkpoint, or a projector-only one (``mm_projector.bin`` + config) on
 ``--model-base``. With ``--llava-hf-path``, SRC is transformers' own format (``LlavaForConditionalGeneration``, e.g.
-``llava-hf/llava-1.5-7b-hf``): its CLIP tower is saved as a ``CLIPVisionModel`` folder (default DST/vision_tower) that
-the RGPT config names by absolute path, and the rest maps onto LLaVA's layout (``linear_1``/``linear_2`` ->
-``mm_projector.0``/``.2``). The llava-hf chat template, "USER: <image>\\n... ASSISTANT:", is Vicuna v1's: use
-``--conv-mode vicuna_v1`` (RGPT's default; it adds the system sentence LLaVA-1.5 was trained with, which llava-hf's
-template leaves to the caller).
+``llava-hf/llava-1.5-7b-hf``): its CLIP or SigLIP tower is saved as a ``CLIPVisionModel`` / ``SiglipVisionModel``
+folder with its image processor (default DST/vision_tower) that the RGPT config names by absolute path, and the
+rest maps onto LLaVA's layout (``linear_1``/``linear_2`` -> ``mm_projector.0``/``.2``). The llava-hf chat template,
+"USER: <image>\\n... ASSISTANT:", is Vicuna v1's: use ``--conv-mode vicuna_v1`` (RGPT's default; it adds the system
+sentence LLaVA-1.5 was trained with, which llava-hf's template leaves to the caller).
 The default refiner, ``deconv_residual``, starts as exact 4x nearest-neighbour upsampling plus a zero-initialised
 deconvolution branch: the adaptive pool maps it back exactly, so on image-only prompts the converted model gives the
 source's logits. ``--refiner deconv`` is the paper's plain two-deconvolution design (random init: image features
@@ -83,10 +83,21 @@ LLAVA_HF_PREFIXES = (
     ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
     ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
 )
-# ... and the prefixes of the CLIP tower, whose keys below them are CLIPVisionModel's own.
+# ... and the prefixes of the vision tower, whose keys below them are CLIPVisionModel's / SiglipVisionModel's own.
 LLAVA_HF_TOWER_PREFIXES = ("vision_tower.", "model.vision_tower.")
-# vision_feature_select_strategy -> LLaVA's mm_vision_select_feature
+# vision_feature_select_strategy -> LLaVA's mm_vision_select_feature, for a CLIP tower ('default' drops the CLS token)
 SELECT_FEATURE = {"default": "patch", "full": "cls_patch"}
+# SigLIP has no CLS token: 'full' is the whole patch grid (SiglipVisionTower's 'patch'); llava-hf's 'default' drops
+# the first token all the same, leaving a grid short of one patch.
+SIGLIP_SELECT_FEATURE = {"full": "patch"}
+# vision_config.model_type -> (model class, image processor class) of the extracted tower, by transformers' names
+TOWER_CLASSES = {"clip_vision_model": ("CLIPVisionModel", "CLIPImageProcessor"),
+                 "siglip_vision_model": ("SiglipVisionModel", "SiglipImageProcessor")}
+
+
+def select_feature(vision_type: str, strategy: str):
+    """LLaVA's mm_vision_select_feature for llava-hf's strategy on this tower, or None where RGPT cannot take it."""
+    return (SIGLIP_SELECT_FEATURE if vision_type == "siglip_vision_model" else SELECT_FEATURE).get(strategy)
 
 
 def check_llava_hf_config(path, cfg: dict):
@@ -108,15 +119,19 @@ def check_llava_hf_config(path, cfg: dict):
         raise CheckpointError(f"{path}: the language model is {text_type!r}; RGPT builds on LLaVA's Llama "
                               f"(text_config.model_type 'llama')")
     vision_type = (cfg.get("vision_config") or {}).get("model_type", "clip_vision_model")
-    if vision_type != "clip_vision_model":
-        raise CheckpointError(f"{path}: the vision tower is {vision_type!r}; only CLIP towers (clip_vision_model) "
-                              f"convert for now (LLaVA's CLIPVisionTower loads them)")
+    if vision_type not in TOWER_CLASSES:
+        raise CheckpointError(f"{path}: the vision tower is {vision_type!r}; only CLIP (clip_vision_model) and "
+                              f"SigLIP (siglip_vision_model) towers convert")
     layer = cfg.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
         raise CheckpointError(f"{path}: vision_feature_layer {layer!r} concatenates several layers; LLaVA's tower "
                               f"selects one (mm_vision_select_layer)")
     strategy = cfg.get("vision_feature_select_strategy", "default")
-    if strategy != "default":
+    if vision_type == "siglip_vision_model" and select_feature(vision_type, strategy) != "patch":
+        raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} on a SigLIP tower drops its first "
+                              f"patch (SigLIP has no CLS token); RGPT's region encoder needs the whole patch grid "
+                              f"('full')")
+    if vision_type != "siglip_vision_model" and strategy != "default":
         raise CheckpointError(f"{path}: vision_feature_select_strategy {strategy!r} (LLaVA's "
                               f"{SELECT_FEATURE.get(strategy, strategy)!r}) keeps the CLS token; RGPT's region "
                               f"encoder needs the patch grid alone ('default', LLaVA's 'patch')")
@@ -148,7 +163,7 @@ def read_weights(path) -> dict:
 
 
 def split_llava_hf_weights(path, state: dict):
-    """llava-hf weights -> (RGPT's LLM + projector weights, CLIPVisionModel weights)."""
+    """llava-hf weights -> (RGPT's LLM + projector weights, the vision tower's weights)."""
     llm, tower, unknown = {}, {}, []
     for key, value in state.items():
         tower_prefix = next((p for p in LLAVA_HF_TOWER_PREFIXES if key.startswith(p)), None)
@@ -164,20 +179,23 @@ def split_llava_hf_weights(path, state: dict):
     return llm, tower
 
 
-def save_clip_tower(path, vision_config, state: dict, out_dir, dtype):
-    """The llava-hf CLIP tower as a CLIPVisionModel folder with its image processor (what mm_vision_tower names)."""
-    from transformers import CLIPImageProcessor, CLIPVisionModel
+def save_vision_tower(path, vision_config, state: dict, out_dir, dtype):
+    """The llava-hf tower as a ``CLIPVisionModel`` / ``SiglipVisionModel`` folder with its image processor (what
+    mm_vision_tower names; RGPT picks the tower class by the folder's config.json)."""
+    import transformers
 
+    model_name, processor_name = TOWER_CLASSES[vision_config.model_type]
     if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-        raise CheckpointError(f"{path}: no preprocessor_config.json (the CLIP image processor LLaVA's tower loads "
-                              f"beside it); copy it from the llava-hf repository")
-    tower, info = CLIPVisionModel.from_pretrained(None, config=vision_config, state_dict=state, torch_dtype=dtype,
-                                                  output_loading_info=True)
+        raise CheckpointError(f"{path}: no preprocessor_config.json (the image processor the tower loads beside "
+                              f"it); copy it from the llava-hf repository")
+    tower, info = getattr(transformers, model_name).from_pretrained(None, config=vision_config, state_dict=state,
+                                                                    torch_dtype=dtype, output_loading_info=True)
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{path}: vision tower weights do not match its vision_config: missing "
                               f"{info['missing_keys'][:8]}, unexpected {info['unexpected_keys'][:8]}")
     tower.save_pretrained(out_dir, safe_serialization=True)
-    CLIPImageProcessor.from_pretrained(path).save_pretrained(out_dir)
+    # The llava-hf folder's image processor as the tower's class reads it (its type field may say LlavaProcessor's).
+    getattr(transformers, processor_name).from_pretrained(path).save_pretrained(out_dir)
     return os.path.abspath(out_dir)
 
 
@@ -191,7 +209,8 @@ def llava_config_from_hf(hf_config, tower_dir: str, vocab_size: int) -> dict:
         vocab_size=vocab_size,
         mm_vision_tower=tower_dir, mm_hidden_size=hf_config.vision_config.hidden_size,
         mm_projector_type="mlp2x_gelu", mm_vision_select_layer=hf_config.vision_feature_layer,
-        mm_vision_select_feature=SELECT_FEATURE[hf_config.vision_feature_select_strategy],
+        mm_vision_select_feature=select_feature(hf_config.vision_config.model_type,
+                                                hf_config.vision_feature_select_strategy),
         mm_patch_merge_type="flat", image_aspect_ratio="pad",  # LLaVA-1.5's preprocessing (docs/MODEL.md)
         mm_use_im_start_end=False, mm_use_im_patch_token=False, use_mm_proj=True, tokenizer_padding_side="right",
         tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=False, unfreeze_mm_vision_tower=False,
@@ -211,7 +230,7 @@ def convert_llava_hf(llava_hf_path, output, vision_tower_out=None, refiner="deco
                               f"['model.embed_tokens.weight']")
     embed = llm["model.embed_tokens.weight"]
     hf_config = HFLlavaConfig.from_pretrained(llava_hf_path)
-    tower_dir = save_clip_tower(llava_hf_path, hf_config.vision_config, tower,
+    tower_dir = save_vision_tower(llava_hf_path, hf_config.vision_config, tower,
                                 vision_tower_out or os.path.join(output, "vision_tower"), embed.dtype)
     config = rgpt_config_from_llava(llava_config_from_hf(hf_config, tower_dir, embed.shape[0]), refiner, merge_size,
                                     refiner_act, refiner_scale)
@@ -248,7 +267,7 @@ def main(argv=None):
     src.add_argument("--llava-hf-path", help="llava-hf checkpoint folder (transformers' LlavaForConditionalGeneration)")
     p.add_argument("--model-base", default=None, help="base LLM folder, for a projector-only LLaVA checkpoint")
     p.add_argument("--vision-tower-out", default=None,
-                   help="with --llava-hf-path: folder for the extracted CLIP tower (default OUTPUT/vision_tower)")
+                   help="with --llava-hf-path: folder for the extracted vision tower (default OUTPUT/vision_tower)")
     p.add_argument("--output", required=True, help="folder for the RGPT checkpoint")
     p.add_argument("--refiner", default="deconv_residual", choices=REFINER_TYPES)
     p.add_argument("--refiner-act", default="gelu", choices=["gelu", "none"])

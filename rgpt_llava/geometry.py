@@ -41,6 +41,7 @@ __all__ = [
     "Region",
     "ImageGeometry",
     "image_geometry",
+    "model_input_size",
     "parse_region",
     "process_regions",
     "transform_box",
@@ -556,6 +557,20 @@ def _aspect_mode(image_aspect_ratio: Any) -> Optional[str]:
             "image_aspect_ratio='anyres' (LLaVA-NeXT tiling) is not supported for regions: the image is split "
             "into several crops plus a thumbnail, so a region has no single mask. Use 'pad' (LLaVA-1.5) or 'square'.")
     return image_aspect_ratio
+
+
+def model_input_size(image_processor: Any) -> Tuple[int, int]:
+    """(height, width) of every image the processor hands the tower: CLIP's centre crop (``crop_size``), or a
+    processor that resizes to a fixed size without cropping (SigLIP's ``size={'height', 'width'}``)."""
+    crop_size = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop_size is not None:
+        crop = _size_dict(crop_size, True, "crop_size")
+        return int(crop["height"]), int(crop["width"])
+    size = _size_dict(getattr(image_processor, "size", None), False, "size")
+    if getattr(image_processor, "do_resize", True) and "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    raise ValueError(f"{type(image_processor).__name__} (size {size}) gives no fixed image size: it neither crops "
+                     f"nor resizes to a height and width")
 
 
 def image_geometry(image_size: tuple, image_processor: Any, image_aspect_ratio: Any = "pad") -> ImageGeometry:

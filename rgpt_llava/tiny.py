@@ -65,6 +65,22 @@ def build_tiny_clip(out_dir, image_size: int = 56, patch_size: int = 14, hidden_
     return str(out_dir)
 
 
+def build_tiny_siglip(out_dir, image_size: int = 64, patch_size: int = 8, hidden_size: int = 48,
+                      num_layers: int = 3, seed: int = 0, num_heads: int = None):
+    """A random ``SiglipVisionModel`` + ``SiglipImageProcessor`` (resize to ``image_size``, mean/std 0.5, no crop):
+    the layout of a ``google/siglip-*`` vision tower. The defaults give an 8x8 patch grid and width 48, where the
+    tiny CLIP has 4x4 and 32, so code assuming the CLIP grid fails on it."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipVisionConfig(hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                             num_hidden_layers=num_layers, num_attention_heads=num_heads or max(1, hidden_size // 16),
+                             image_size=image_size, patch_size=patch_size)
+    SiglipVisionModel(cfg).save_pretrained(out_dir)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
+    return str(out_dir)
+
+
 def build_tiny_sam(out_dir, image_size: int = 64, seed: int = 0):
     """A random ``SamModel`` + ``SamProcessor`` (the layout of a ``facebook/sam-vit-base`` download, at a width of
     32 and a 64-pixel input instead of 1024) for ``--sam-model``."""
@@ -90,9 +106,12 @@ def build_tiny_sam(out_dir, image_size: int = 64, seed: int = 0):
 
 def tiny_llava_config(tokenizer, vision_dir, hidden_size: int = 64, num_layers: int = 2, **overrides):
     from llava.model.language_model.llava_llama import LlavaConfig
-    from transformers import CLIPVisionConfig
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
 
-    vis = CLIPVisionConfig.from_pretrained(vision_dir)
+    from rgpt_llava.model.vision_tower import SIGLIP_MODEL_TYPES, tower_model_type
+
+    siglip = tower_model_type(str(vision_dir)) in SIGLIP_MODEL_TYPES
+    vis = (SiglipVisionConfig if siglip else CLIPVisionConfig).from_pretrained(vision_dir)
     cfg = dict(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
@@ -109,13 +128,18 @@ def tiny_llava_config(tokenizer, vision_dir, hidden_size: int = 64, num_layers: 
 
 
 def build_tiny_llava(out_dir, tokenizer_dir, vision_dir, seed: int = 0, **config_overrides):
-    """A random LLaVA-1.5-style checkpoint (Llama + mlp2x_gelu projector; tower loaded from ``vision_dir``)."""
+    """A random LLaVA-1.5-style checkpoint (Llama + mlp2x_gelu projector; tower loaded from ``vision_dir``, CLIP or
+    SigLIP)."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from transformers import AutoTokenizer
 
+    from rgpt_llava.model.vision_tower import rgpt_tower_factory
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
     torch.manual_seed(seed)
-    model = LlavaLlamaForCausalLM(tiny_llava_config(tokenizer, vision_dir, **config_overrides))
+    # LLaVA's own model reads a SigLIP folder's config as CLIP's (a warning); RGPT's factory reads it as SigLIP's.
+    with rgpt_tower_factory():
+        model = LlavaLlamaForCausalLM(tiny_llava_config(tokenizer, vision_dir, **config_overrides))
     # Llama's default init (std 0.02) gives near-uniform logits; widen it so random models say varied things.
     with torch.no_grad():
         for p in model.parameters():

@@ -38,6 +38,13 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory):
+    """A tiny SigLIP tower: 64 px, patch 8 -> an 8x8 grid (the tiny CLIP's is 4x4), width 48, 3 layers."""
+    from rgpt_llava.tiny import build_tiny_siglip
+    return build_tiny_siglip(tmp_path_factory.mktemp("siglip"))
+
+
+@pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory, tiny_tokenizer_dir, tiny_clip_dir):
     from rgpt_llava.tiny import build_tiny_llava
     return build_tiny_llava(tmp_path_factory.mktemp("llava"), tiny_tokenizer_dir, tiny_clip_dir)

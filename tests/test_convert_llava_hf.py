@@ -21,19 +21,20 @@ OLD_TO_NEW = {"language_model.model.": "model.language_model.", "language_model.
               "vision_tower.": "model.vision_tower.", "multi_modal_projector.": "model.multi_modal_projector."}
 
 
-def build_tiny_llava_hf(out_dir, tokenizer_dir, seed=0):
+def build_tiny_llava_hf(out_dir, tokenizer_dir, seed=0, vision=None, processor=None, **config_overrides):
     """A random LLaVA-1.5 laid out as llava-hf/llava-1.5-7b-hf: <image> and <pad> added to the tokenizer, embeddings
-    padded to a multiple of 64 rows, the CLIP tower inside, its image processor beside it."""
+    padded to a multiple of 64 rows, the CLIP tower inside, its image processor beside it (or the ``vision`` config
+    and ``processor`` given)."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=PX, patch_size=14, projection_dim=32)
+    vision = vision or CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=PX, patch_size=14, projection_dim=32)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
     config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         pad_token_id=tokenizer.pad_token_id)
+                         pad_token_id=tokenizer.pad_token_id, **config_overrides)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
@@ -43,8 +44,9 @@ def build_tiny_llava_hf(out_dir, tokenizer_dir, seed=0):
                 p.normal_(0, 0.2)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    CLIPImageProcessor(size={"shortest_edge": PX}, crop_size={"height": PX, "width": PX}, image_mean=CLIP_MEAN,
-                       image_std=CLIP_STD, resample=3).save_pretrained(out_dir)
+    processor = processor or CLIPImageProcessor(size={"shortest_edge": PX}, crop_size={"height": PX, "width": PX},
+                                                image_mean=CLIP_MEAN, image_std=CLIP_STD, resample=3)
+    processor.save_pretrained(out_dir)
     return str(out_dir)
 
 
@@ -142,8 +144,11 @@ REFUSED = {
                                          image_grid_pinpoints=[[336, 672]]), "LLaVA-NeXT \\(anyres\\)"),
     "anyres": (lambda d: edit_config(d, image_grid_pinpoints=[[336, 672]]), "LLaVA-NeXT"),
     "mistral": (lambda d: edit_config(d, text_config__model_type="mistral"), "language model is 'mistral'"),
-    "siglip": (lambda d: edit_config(d, vision_config__model_type="siglip_vision_model"),
-               "vision tower is 'siglip_vision_model'; only CLIP"),
+    "vit": (lambda d: edit_config(d, vision_config__model_type="vit"),
+            "vision tower is 'vit'; only CLIP \\(clip_vision_model\\) and SigLIP"),
+    # llava-hf's 'default' drops the first token whatever the tower: on SigLIP (no CLS token) a patch (test_siglip.py)
+    "siglip_default": (lambda d: edit_config(d, vision_config__model_type="siglip_vision_model"),
+                       "'default' on a SigLIP tower drops its first patch"),
     "layers": (lambda d: edit_config(d, vision_feature_layer=[-2, -5]), "vision_feature_layer \\[-2, -5\\]"),
     "full": (lambda d: edit_config(d, vision_feature_select_strategy="full"), "'full' \\(LLaVA's 'cls_patch'\\)"),
     "llava": (lambda d: edit_config(d, model_type="llava_llama"), "use --llava-path"),

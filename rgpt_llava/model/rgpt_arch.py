@@ -15,7 +15,7 @@ from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from rgpt_llava.constants import IGNORE_INDEX
 from rgpt_llava.model.region_encoder import build_refiner, refine_merge_and_pool, refiner_scale
 from rgpt_llava.model.splice import count_images, embed_text, splice
-from rgpt_llava.model.vision_tower import tower_features
+from rgpt_llava.model.vision_tower import rgpt_tower_factory, tower_features
 
 # Settings RGPT adds to a LLaVA config, with their defaults. Every one is saved in config.json.
 RGPT_CONFIG_DEFAULTS = {
@@ -30,7 +30,8 @@ RGPT_CONFIG_DEFAULTS = {
 class RGPTMetaModel(LlavaMetaModel):
 
     def __init__(self, config):
-        super().__init__(config)
+        with rgpt_tower_factory():  # LLaVA's __init__ builds the tower: a SigLIP folder gets the SigLIP class
+            super().__init__(config)
         if hasattr(config, "mm_vision_tower"):
             self.mm_refiner = build_refiner(config)
 
@@ -38,8 +39,10 @@ class RGPTMetaModel(LlavaMetaModel):
         return getattr(self, "mm_refiner", None)
 
     def initialize_vision_modules(self, model_args, fsdp=None):
-        """LLaVA's initialisation plus the refiner (built once the tower's width is known)."""
-        super().initialize_vision_modules(model_args, fsdp=fsdp)
+        """LLaVA's initialisation (tower class chosen by its config.json) plus the refiner (built once the tower's
+        width is known)."""
+        with rgpt_tower_factory():
+            super().initialize_vision_modules(model_args, fsdp=fsdp)
         for key in RGPT_CONFIG_DEFAULTS:
             if getattr(model_args, key, None) is not None:
                 setattr(self.config, key, getattr(model_args, key))

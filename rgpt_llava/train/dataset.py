@@ -30,7 +30,7 @@ from llava.train.train import DataCollatorForSupervisedDataset, LazySupervisedDa
 
 from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.data.common import check_sample
-from rgpt_llava.geometry import parse_region, process_regions
+from rgpt_llava.geometry import model_input_size, parse_region, process_regions
 from rgpt_llava.mm_utils import tokenizer_region_token
 
 logger = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class RegionSupervisedDataset(LazySupervisedDataset):
         if "image" in sample:
             out["image"] = pixels
         elif self.data_args.is_multimodal:
-            crop = processor.crop_size
-            out["image"] = torch.zeros(3, crop["height"], crop["width"])
+            # LLaVA's blank image is crop_size; a SigLIP processor has none (it resizes to size, no crop).
+            out["image"] = torch.zeros(3, *model_input_size(processor))
         return out
 
 

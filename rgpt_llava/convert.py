@@ -175,7 +175,7 @@ def save_clip_tower(path, vision_config, state: dict, out_dir, dtype):
                                                   output_loading_info=True)
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{path}: vision tower weights do not match its vision_config: missing "
-                              f"{info['missing_keys'][:8]}, unexpected {info['unexpected_keys'][:8]}")
+                              f"{sorted(info['missing_keys'])[:8]}, unexpected {sorted(info['unexpected_keys'])[:8]}")
     tower.save_pretrained(out_dir, safe_serialization=True)
     CLIPImageProcessor.from_pretrained(path).save_pretrained(out_dir)
     return os.path.abspath(out_dir)

@@ -79,13 +79,13 @@ class ClipScorer:
         if not images:
             return [], []
         pix = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        img = self.model.get_image_features(pixel_values=pix.to(self.device, self.model.dtype)).float()
+        img = _features(self.model.get_image_features(pixel_values=pix.to(self.device, self.model.dtype))).float()
         img = torch.nn.functional.normalize(img, dim=-1)
         chunks = [chunk_caption(c, self.count_tokens, self.max_len - 2) for c in captions]
         flat = [c for cs in chunks for c in cs]
         tok = self.tokenizer(flat, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
-        txt = self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                           attention_mask=tok["attention_mask"].to(self.device)).float()
+        txt = _features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                     attention_mask=tok["attention_mask"].to(self.device))).float()
         txt = torch.nn.functional.normalize(txt, dim=-1)
         scores, i = [], 0
         for k, cs in enumerate(chunks):
@@ -97,6 +97,12 @@ class ClipScorer:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # A tiny random CLIPModel with a character-level CLIP tokenizer, built offline (tests and demos)
+def _features(out):
+    """``get_*_features`` return the projected embeddings (transformers 4.x) or an output holding them as
+    ``pooler_output`` (5.x)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def bytes_to_unicode() -> dict:
     """GPT-2's (and CLIP's) map of the 256 bytes to printable characters (transformers 5 no longer exports it)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

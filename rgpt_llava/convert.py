@@ -192,7 +192,7 @@ def save_vision_tower(path, vision_config, state: dict, out_dir, dtype):
                                                                     torch_dtype=dtype, output_loading_info=True)
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{path}: vision tower weights do not match its vision_config: missing "
-                              f"{info['missing_keys'][:8]}, unexpected {info['unexpected_keys'][:8]}")
+                              f"{sorted(info['missing_keys'])[:8]}, unexpected {sorted(info['unexpected_keys'])[:8]}")
     tower.save_pretrained(out_dir, safe_serialization=True)
     # The llava-hf folder's image processor as the tower's class reads it (its type field may say LlavaProcessor's).
     getattr(transformers, processor_name).from_pretrained(path).save_pretrained(out_dir)

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from rgpt_llava.compat import CACHE_KW, cache_from_legacy, cache_to_legacy, output_cache
 from rgpt_llava.constants import REGION_TOKEN_INDEX
 from rgpt_llava.model.splice import count_images, embed_text, splice
 
@@ -50,18 +51,13 @@ def _expand_cache(past, batch: int):
 
 def _lm_step(model, embeds, attention, positions, past):
     # The cache is handled here as legacy (key, value) tuples, which are easy to slice and expand along the batch;
-    # transformers >= 4.5x only accepts Cache objects, so convert at the model boundary (DynamicCache exists since
-    # 4.36 and round-trips exactly).
+    # transformers >= 4.5x only accepts Cache objects, so convert at the model boundary (rgpt_llava.compat).
     if isinstance(past, tuple):
-        from transformers import DynamicCache
-        past = DynamicCache.from_legacy_cache(past)
+        past = cache_from_legacy(past)
     out = model.get_model()(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                            past_key_values=past, use_cache=True, return_dict=True)
+                            use_cache=True, return_dict=True, **{CACHE_KW: past})
     logits = model.lm_head(out.last_hidden_state).float()
-    new_past = out.past_key_values
-    if hasattr(new_past, "to_legacy_cache"):
-        new_past = new_past.to_legacy_cache()
-    return logits, new_past
+    return logits, cache_to_legacy(output_cache(out))
 
 
 class SharedPrefix:

@@ -189,10 +189,26 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     return order[torch.tensor(keep, dtype=torch.int64)]
 
 
-def _provide_batched_nms():
-    import transformers.models.sam.image_processing_sam as sam_processing
-    if not hasattr(sam_processing, "batched_nms"):   # transformers imports it only when torchvision is installed
-        sam_processing.batched_nms = batched_nms
+def _provide_batched_nms(image_processor):
+    """transformers' mask-generation post-processing calls torchvision's ``batched_nms``; without torchvision, give
+    it :func:`batched_nms` (4.x: a module global imported only with torchvision; 5.x: the PIL backend's
+    ``post_process_for_mask_generation`` requires torchvision: this processor gets the same steps with this NMS)."""
+    try:
+        import transformers.models.sam.image_processing_sam as sam_processing
+    except ImportError:   # transformers 5 without torchvision: its torchvision backend cannot even be imported
+        sam_processing = None
+    if sam_processing is not None:
+        if not hasattr(sam_processing, "batched_nms"):   # transformers imports it only when torchvision is installed
+            sam_processing.batched_nms = batched_nms
+        return
+    import transformers.models.sam.image_processing_pil_sam as pil_sam
+
+    def post_process_for_mask_generation(rle_masks, iou_scores, mask_boxes, crops_nms_thresh=0.7):
+        keep = batched_nms(mask_boxes.float(), iou_scores, torch.zeros(mask_boxes.shape[0]), crops_nms_thresh)
+        rle_masks = [rle_masks[i] for i in keep]
+        return [pil_sam._rle_to_mask(rle) for rle in rle_masks], iou_scores[keep], rle_masks, mask_boxes[keep]
+
+    image_processor.post_process_for_mask_generation = post_process_for_mask_generation
 
 
 class SamPrompter:
@@ -207,6 +223,11 @@ class SamPrompter:
         if not os.path.isdir(model_path):
             raise SamModelError(f"{SAM_FLAG} {model_path}: no such folder")
         try:
+            # transformers 5 loads a checkpoint of another kind into SamModel (its weights "missing"): ask first
+            from transformers import AutoConfig
+            model_type = AutoConfig.from_pretrained(model_path).model_type
+            if model_type != "sam":
+                raise ValueError(f"its config.json is a {model_type!r} model")
             self.model = SamModel.from_pretrained(model_path).eval()
             self.processor = SamProcessor.from_pretrained(model_path)
         except Exception as e:   # transformers raises several types for a folder that is not a SAM checkpoint
@@ -277,7 +298,7 @@ class SamPrompter:
         """SAM's automatic mask generation (transformers' ``mask-generation`` pipeline, a points grid): every
         (bool mask, predicted IoU) it keeps, best first."""
         from transformers import pipeline
-        _provide_batched_nms()
+        _provide_batched_nms(self.processor.image_processor)
         generator = pipeline("mask-generation", model=self.model, image_processor=self.processor.image_processor,
                              device=torch.device(self.device))
         # the pipeline yields nothing when a batch is larger than the grid

@@ -34,6 +34,8 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
+    from rgpt_llava.compat import TRANSFORMERS_MAJOR
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
@@ -44,7 +46,12 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
         add_dummy_prefix=True, split_digits=True, minloglevel=2, num_threads=1,
     )
     corpus.unlink()
-    tok = LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False)
+    if TRANSFORMERS_MAJOR >= 5:
+        # transformers 5's LlamaTokenizer is tokenizers-backed: it converts the SentencePiece model when loading a
+        # folder (a vocab_file argument would be ignored, leaving an empty vocabulary), and adds BOS only if told.
+        tok = LlamaTokenizer.from_pretrained(str(out_dir), legacy=False, add_bos_token=True, add_eos_token=False)
+    else:
+        tok = LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False)
     tok.save_pretrained(str(out_dir))
     (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
     return str(out_dir)

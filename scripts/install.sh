@@ -2,13 +2,15 @@
 # Sourced by test.sh and demo.sh: make a venv hold rgpt_llava and one supported stack, then activate it.
 #   RGPT_STACK=pinned  (default) LLaVA's own stack: transformers 4.37.2 etc. as pinned in setup.cfg, LLaVA unpatched
 #   RGPT_STACK=current transformers 4.57.x, current peft/accelerate (scripts/stacks/current.txt), LLaVA patched
-# RGPT_VENV overrides the folder (default .venv, or .venv-current for the current stack); PYTHON the interpreter.
+#   RGPT_STACK=tf5     transformers 5.x, current peft/accelerate (scripts/stacks/tf5.txt), LLaVA patched
+# RGPT_VENV overrides the folder (default .venv, .venv-current or .venv-tf5 by stack); PYTHON the interpreter.
 set -euo pipefail
 STACK=${RGPT_STACK:-pinned}
 case "$STACK" in
   pinned) VENV=${RGPT_VENV:-.venv} ;;
   current) VENV=${RGPT_VENV:-.venv-current} ;;
-  *) echo "error: RGPT_STACK=$STACK: expected 'pinned' or 'current'" >&2; return 2 2>/dev/null || exit 2 ;;
+  tf5) VENV=${RGPT_VENV:-.venv-tf5} ;;
+  *) echo "error: RGPT_STACK=$STACK: expected 'pinned', 'current' or 'tf5'" >&2; return 2 2>/dev/null || exit 2 ;;
 esac
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[install] creating $VENV ($STACK stack)" >&2
@@ -29,7 +31,7 @@ step() {
     return 1
   fi
 }
-want=$(cat setup.cfg scripts/install.sh scripts/stacks/current.txt patches/*.patch | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg scripts/install.sh scripts/stacks/*.txt patches/*.patch | sha256sum | cut -d' ' -f1)
 want="$STACK-$want"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[install] installing the $STACK stack into $VENV (once; pip's output: $log)" >&2
@@ -52,7 +54,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     step "rgpt_llava and the pinned stack (transformers 4.37.2, peft, deepspeed, ...)" \
       python -m pip install -q --no-build-isolation -e ".[train,eval,test]"
   else
-    step "the current stack (scripts/stacks/current.txt)" python -m pip install -q -r scripts/stacks/current.txt
+    step "the $STACK stack (scripts/stacks/$STACK.txt)" python -m pip install -q -r "scripts/stacks/$STACK.txt"
     step "deepspeed" python -m pip install -q --no-build-isolation deepspeed
     step "rgpt_llava" python -m pip install -q --no-deps --no-build-isolation -e .
     step "patches/ onto LLaVA" bash scripts/apply_patches.sh

@@ -72,7 +72,7 @@ def test_pretraining_updates_and_saves_the_tower(tmp_path, tiny_clip_dir):
     assert summary["steps"] == 2 and len(summary["history"]) == 2 and 0 <= summary["history"][-1]["val_mAP"] <= 1
     assert "red circle" in summary["phrases"] and "circle" in summary["phrases"] and "small circle" in summary["phrases"]
     before, after = CLIPVisionModel.from_pretrained(tiny_clip_dir), CLIPVisionModel.from_pretrained(out)
-    emb = "vision_model.embeddings.patch_embedding.weight"
+    emb = next(k for k in before.state_dict() if k.endswith("embeddings.patch_embedding.weight"))  # 5.x: no vision_model.
     assert not torch.equal(before.state_dict()[emb], after.state_dict()[emb])
     assert (out / "preprocessor_config.json").is_file()
     assert json.loads((out / "tower_pretraining.json").read_text())["steps"] == 2

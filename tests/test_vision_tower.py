@@ -6,6 +6,7 @@ import torch
 
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
+from rgpt_llava.compat import clip_vision_body
 from rgpt_llava.model.vision_tower import tower_features
 from rgpt_llava.tiny import build_tiny_clip
 
@@ -18,7 +19,7 @@ def llava_tower(path, select_layer=-2, select_feature="patch"):
 
 def layer_calls(tower):
     calls = []
-    for i, layer in enumerate(tower.vision_tower.vision_model.encoder.layers):
+    for i, layer in enumerate(clip_vision_body(tower.vision_tower).encoder.layers):
         layer.register_forward_hook(lambda m, inp, out, i=i: calls.append(i))
     return calls
 

@@ -79,13 +79,13 @@ class ClipScorer:
         if not images:
             return [], []
         pix = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        img = self.model.get_image_features(pixel_values=pix.to(self.device, self.model.dtype)).float()
+        img = _features(self.model.get_image_features(pixel_values=pix.to(self.device, self.model.dtype))).float()
         img = torch.nn.functional.normalize(img, dim=-1)
         chunks = [chunk_caption(c, self.count_tokens, self.max_len - 2) for c in captions]
         flat = [c for cs in chunks for c in cs]
         tok = self.tokenizer(flat, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
-        txt = self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                           attention_mask=tok["attention_mask"].to(self.device)).float()
+        txt = _features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                     attention_mask=tok["attention_mask"].to(self.device))).float()
         txt = torch.nn.functional.normalize(txt, dim=-1)
         scores, i = [], 0
         for k, cs in enumerate(chunks):
@@ -97,13 +97,31 @@ class ClipScorer:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # A tiny random CLIPModel with a character-level CLIP tokenizer, built offline (tests and demos)
+def _features(out):
+    """``get_*_features`` return the projected embeddings (transformers 4.x) or an output holding them as
+    ``pooler_output`` (5.x)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def bytes_to_unicode() -> dict:
+    """GPT-2's (and CLIP's) map of the 256 bytes to printable characters (transformers 5 no longer exports it)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 def build_tiny_clip_model(out_dir, image_size: int = 32, patch_size: int = 16, hidden: int = 32, seed: int = 0) -> str:
     """A random ``CLIPModel`` + ``CLIPImageProcessor`` + ``CLIPTokenizer`` in ``out_dir``. The tokenizer's vocabulary
     is the 256 byte symbols of CLIP's byte-level BPE, each also with the end-of-word marker ``</w>``, and no merges:
     every character is one token, so any sentence of more than ~75 characters exceeds the 77-token window."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     os.makedirs(out_dir, exist_ok=True)
     symbols = list(bytes_to_unicode().values())
@@ -114,7 +132,7 @@ def build_tiny_clip_model(out_dir, image_size: int = 32, patch_size: int = 16, h
         json.dump(vocab, f)
     with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-    tok = CLIPTokenizer(os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"))
+    tok = CLIPTokenizer.from_pretrained(out_dir)  # reads vocab.json and merges.txt (transformers 4.x and 5.x)
     tok.save_pretrained(out_dir)
     torch.manual_seed(seed)
     cfg = CLIPConfig(

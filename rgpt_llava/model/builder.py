@@ -71,8 +71,8 @@ def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def _check_loading_info(model_path, info, provided=()):
-    missing = [k for k in info.get("missing_keys", []) if k not in set(provided)]
-    unexpected = info.get("unexpected_keys", [])  # the tower's weights are ignored by the model class itself
+    missing = sorted(k for k in info.get("missing_keys", []) if k not in set(provided))  # sets on transformers 5
+    unexpected = sorted(info.get("unexpected_keys", []))  # the tower's weights are ignored by the model class itself
     if missing or unexpected:
         raise CheckpointError(
             f"{model_path}: weights do not match the model: missing {missing[:8]}{' ...' if len(missing) > 8 else ''}"

@@ -15,17 +15,24 @@ are bit-identical (``tests/test_vision_tower.py``, ``tests/test_siglip.py``) at 
 towers (one layer of three for the demo's). SigLIP has no pre-layernorm; the rest is the same.
 """
 import contextlib
+import inspect
 import json
 import os
 from types import SimpleNamespace
 
 import torch
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 import llava.model.llava_arch as llava_arch
 from llava.model.multimodal_encoder.builder import build_vision_tower as llava_build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
+from rgpt_llava.compat import clip_vision_body
 from rgpt_llava.model.siglip_encoder import SiglipVisionTower
+
+# transformers 4.x: a CLIP layer takes (hidden, attention_mask, causal_attention_mask) and returns (hidden, ...); 5.x
+# dropped the causal mask argument (CLIP's vision encoder never used one) and returns the hidden states alone.
+_CLIP_CAUSAL_MASK_ARG = "causal_attention_mask" in inspect.signature(CLIPEncoderLayer.forward).parameters
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")        # 'clip': a CLIPModel folder (openai/clip-vit-large-patch14-336)
 SIGLIP_MODEL_TYPES = ("siglip_vision_model", "siglip")  # 'siglip': a SiglipModel folder (google/siglip-so400m-...)
@@ -74,7 +81,7 @@ def rgpt_tower_factory():
 
 def _layers_to_run(tower) -> int:
     """How many encoder layers feed ``hidden_states[select_layer]`` (hidden_states[0] is the embedding output)."""
-    n = len(tower.vision_tower.vision_model.encoder.layers)
+    n = len(clip_vision_body(tower.vision_tower).encoder.layers)
     k = tower.select_layer if tower.select_layer >= 0 else n + 1 + tower.select_layer
     if not 0 <= k <= n:
         raise ValueError(f"mm_vision_select_layer {tower.select_layer} does not exist in a tower of {n} layers")
@@ -87,14 +94,15 @@ def tower_features(tower, images: torch.Tensor) -> torch.Tensor:
     the selected one."""
     if type(tower) not in (CLIPVisionTower, SiglipVisionTower) or not tower.is_loaded or isinstance(images, list):
         return tower(images)  # another tower class, or LLaVA's per-image list path: LLaVA's own forward
-    vision = tower.vision_tower.vision_model
+    vision = clip_vision_body(tower.vision_tower)
     hidden = vision.embeddings(images.to(device=tower.device, dtype=tower.dtype))
     if hasattr(vision, "pre_layrnorm"):  # CLIP's (sic); SigLIP has none
         hidden = vision.pre_layrnorm(hidden)
     for layer in vision.encoder.layers[:_layers_to_run(tower)]:
-        # CLIP's layer takes (hidden_states, attention_mask, causal_attention_mask), SigLIP's the first two; a
-        # vision tower has no mask. Recent transformers return SigLIP's output alone, older ones a tuple.
-        out = layer(hidden, None, None) if type(tower) is CLIPVisionTower else layer(hidden, None)
+        # A vision tower has no attention mask. SigLIP's layer takes (hidden_states, attention_mask); recent
+        # transformers return a layer's output alone, older ones a tuple.
+        clip_v4 = type(tower) is CLIPVisionTower and _CLIP_CAUSAL_MASK_ARG
+        out = layer(hidden, None, None) if clip_v4 else layer(hidden, None)
         hidden = out[0] if isinstance(out, tuple) else out
     # LLaVA's own selection ('patch' drops CLIP's CLS token) reads hidden_states[select_layer]: hand it that one entry.
     return tower.feature_select(SimpleNamespace(hidden_states={tower.select_layer: hidden})).to(images.dtype)

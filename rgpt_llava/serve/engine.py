@@ -15,6 +15,7 @@ from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
+from rgpt_llava.compat import TRANSFORMERS_MAJOR
 from rgpt_llava import generation
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from rgpt_llava.geometry import Region, process_regions
@@ -98,24 +99,41 @@ class _Row:
     tokenizer: object
     stops: Tuple[str, ...]
     special: frozenset = frozenset()    # the tokenizer's special ids, dropped from the text
+    byte_ids: frozenset = frozenset()   # byte-fallback ids whose text may still change (see _unstable)
     tokens: List[int] = field(default_factory=list)
     sent: int = 0
 
-    def text(self) -> str:
+    def _decode(self, tokens) -> str:
         # == decode(tokens, skip_special_tokens=True), at half the cost: transformers' slow tokenizers rebuild their
         # special-token list for every token they skip-check
-        return self.tokenizer.decode([t for t in self.tokens if t not in self.special], skip_special_tokens=False)
+        return self.tokenizer.decode([t for t in tokens if t not in self.special], skip_special_tokens=False)
+
+    def text(self) -> str:
+        return self._decode(self.tokens)
+
+    def _unstable(self, text: str) -> int:
+        """Characters at the end decoded from a trailing run of byte-fallback tokens. transformers 5's tokenizers
+        decode a run of bytes that is not valid UTF-8 as one U+FFFD per byte, valid bytes too, so a later byte can
+        still change them: they are neither sent nor searched for stop strings until the run ends."""
+        n = 0
+        while n < len(self.tokens) and self.tokens[-1 - n] in self.byte_ids:
+            n += 1
+        return len(text) - len(self._decode(self.tokens[:-n])) if n else 0
 
     def push(self, token: int, eos: int) -> Tuple[str, Optional[str]]:
         if token == eos:
             return self.flush(), "stop"
         self.tokens.append(token)
+        return self._emit(final=False)
+
+    def _emit(self, final: bool) -> Tuple[str, Optional[str]]:
         text = self.text()
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        stable = text if final else text[:len(text) - self._unstable(text)]
+        cut = min((i for i in (stable.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             delta, self.sent = text[self.sent:cut], cut
             return delta, "stop"
-        safe = len(text) - self._held(text)
+        safe = len(stable) if final else len(stable) - self._held(stable)
         delta = text[self.sent:safe] if safe > self.sent else ""
         self.sent = max(self.sent, safe)
         return delta, None
@@ -129,9 +147,8 @@ class _Row:
         return max(partial, stop)
 
     def flush(self) -> str:
-        text = self.text()
-        delta, self.sent = text[self.sent:], len(text)
-        return delta
+        """The rest of the text (up to a stop string that only the complete text shows)."""
+        return self._emit(final=True)[0]
 
 
 class RegionEngine:
@@ -148,6 +165,10 @@ class RegionEngine:
         h, w = model.merge_size()
         self.image_tokens = h * w
         self.special_ids = frozenset(tokenizer.all_special_ids)
+        # transformers 5 (tokenizers only): byte-fallback pieces "<0xNN>", whose decoded text is not final while
+        # their run lasts; 4.x's SentencePiece decoding is final at once (its partial characters are held anyway)
+        self.byte_ids = frozenset() if TRANSFORMERS_MAJOR < 5 else frozenset(
+            i for t, i in tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">"))
         # Servers run every model call on this one thread: requests interleave step by step, and torch keeps one
         # pool of compute threads (a thread pool's many threads each bring their own and fight over the cores: a
         # one-region request took 50 ms instead of 28 on 2 cores).
@@ -249,7 +270,7 @@ class RegionEngine:
         decoder = generation.BatchDecoder(self.model, state, job.sampling.sampler())
         stops = tuple(s for s in job.sampling.stop if s)
         incremental = stream or bool(stops)
-        rows = [_Row(self.tokenizer, stops, self.special_ids) for _ in job.prompts]
+        rows = [_Row(self.tokenizer, stops, self.special_ids, self.byte_ids) for _ in job.prompts]
         eos = None if job.sampling.ignore_eos else self.tokenizer.eos_token_id
         for step in range(job.max_new_tokens):
             tokens = decoder.choose()

@@ -1,5 +1,5 @@
 """LLaVA's training arguments plus RGPT's own (every LLaVA flag keeps its meaning)."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from llava.train.train import DataArguments, ModelArguments, TrainingArguments
@@ -32,3 +32,15 @@ class RGPTDataArguments(DataArguments):
 class RGPTTrainingArguments(TrainingArguments):
     freeze_mm_refiner: bool = field(default=False, metadata={"help": "keep the refiner fixed (it trains by default "
                                                                       "in both stages, as in the paper)"})
+    if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)}:
+        # transformers 5 dropped --warmup_ratio (a --warmup_steps below 1 is a ratio now); LLaVA's scripts pass it.
+        warmup_ratio: Optional[float] = field(default=None, metadata={"help": "as --warmup_steps below 1"})
+
+        def __post_init__(self):
+            if self.warmup_ratio is not None:
+                if self.warmup_steps:
+                    raise ValueError("give one of --warmup_ratio and --warmup_steps")
+                if not 0 <= self.warmup_ratio < 1:
+                    raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                self.warmup_steps = self.warmup_ratio
+            super().__post_init__()

@@ -8,6 +8,7 @@
 - saving needs DeepSpeed only when the parameters are DeepSpeed's (LLaVA's ``maybe_zero_3`` imports it always).
 """
 import contextlib
+import inspect
 import logging
 import os
 from typing import Dict, Optional
@@ -96,10 +97,15 @@ def _trusted_torch_load():
         torch.load = original
 
 
+_TRAINER_INIT_PARAMS = frozenset(inspect.signature(Trainer.__init__).parameters)
+
+
 class RGPTTrainer(LLaVATrainer):
     last = None  # the most recent trainer, for the summary printed after LLaVA's train() returns
 
     def __init__(self, *args, **kwargs):
+        if "tokenizer" in kwargs and "tokenizer" not in _TRAINER_INIT_PARAMS:
+            kwargs["processing_class"] = kwargs.pop("tokenizer")   # transformers 5 (LLaVA's train() passes tokenizer=)
         super().__init__(*args, **kwargs)
         RGPTTrainer.last = self
         base = _base_model(self.model).get_model()

@@ -1,5 +1,4 @@
 """RGPTConfig / RGPTLlamaForCausalLM: LLaVA's Llama classes with RegionGPT's region branch."""
-import inspect
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -9,6 +8,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
 
+from rgpt_llava.compat import CACHE_KW, LLAMA_FORWARD_PARAMS, output_cache
 from rgpt_llava.constants import IGNORE_INDEX
 from rgpt_llava.model.rgpt_arch import RGPT_CONFIG_DEFAULTS, RGPTMetaForCausalLM, RGPTMetaModel
 
@@ -24,10 +24,6 @@ class RGPTConfig(LlavaConfig):
 
 class RGPTLlamaModel(RGPTMetaModel, LlavaLlamaModel):
     config_class = RGPTConfig
-
-
-# transformers >= 4.38 passes cache_position (and later logits_to_keep etc.) to forward; 4.37.2 does not know it.
-_LLAMA_FORWARD_PARAMS = set(inspect.signature(LlamaForCausalLM.forward).parameters)
 
 
 # The frozen vision tower is loaded from config.mm_vision_tower (LLaVA's rule), never from a checkpoint's weights.
@@ -78,7 +74,11 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
         region_masks: Optional[Sequence[Optional[torch.Tensor]]] = None,
         return_dict: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
+        cache=None,
     ) -> Union[Tuple, CausalLMOutputWithPast]:
+        # transformers >= 4.38 passes cache_position (gone again in 5.x); 5.x passes the KV cache as `cache`.
+        if cache is not None:
+            past_key_values = cache
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
                 self.prepare_inputs_labels_for_multimodal(
@@ -87,15 +87,14 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
         if labels is not None and getattr(self.config, "sparse_lm_head", False) and not output_hidden_states:
             return self._supervised_only_loss(input_ids, attention_mask, position_ids, past_key_values,
                                               inputs_embeds, labels, use_cache, output_attentions, return_dict)
-        extra = {}
-        if cache_position is not None and "cache_position" in _LLAMA_FORWARD_PARAMS:
+        extra = {CACHE_KW: past_key_values}
+        if cache_position is not None and "cache_position" in LLAMA_FORWARD_PARAMS:
             extra["cache_position"] = cache_position
         return LlamaForCausalLM.forward(
             self,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -114,16 +113,16 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
         ``logits`` holds only the supervised positions' rows, in order.
         """
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_attentions=output_attentions, return_dict=True)
+                             inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_attentions=output_attentions, return_dict=True, **{CACHE_KW: past_key_values})
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         logits = self.lm_head(outputs.last_hidden_state[:, :-1][keep]).float()
         loss = nn.functional.cross_entropy(logits, targets[keep])
+        past = output_cache(outputs)
         if return_dict is False:
-            return (loss, logits) + tuple(v for v in (outputs.past_key_values, outputs.attentions) if v is not None)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      attentions=outputs.attentions)
+            return (loss, logits) + tuple(v for v in (past, outputs.attentions) if v is not None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, attentions=outputs.attentions, **{CACHE_KW: past})
 
     @torch.no_grad()
     def generate(
@@ -148,13 +147,14 @@ class RGPTLlamaForCausalLM(RGPTMetaForCausalLM, LlavaLlamaForCausalLM):
         return LlamaForCausalLM.generate(
             self, position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
-        # Vision inputs are consumed once, in generate(); later steps see only text tokens.
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+        # Vision inputs are consumed once, in generate(); later steps see only text tokens. The KV cache comes as
+        # `past_key_values` (4.x) or `cache` (5.x) among kwargs and goes on under the same name. generate() looks
+        # for `inputs_embeds` in this signature.
         kwargs.pop("images", None)
         kwargs.pop("image_sizes", None)
         kwargs.pop("region_masks", None)
-        return LlamaForCausalLM.prepare_inputs_for_generation(
-            self, input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+        return LlamaForCausalLM.prepare_inputs_for_generation(self, input_ids, inputs_embeds=inputs_embeds, **kwargs)
 
 
 AutoConfig.register("rgpt_llama", RGPTConfig)

@@ -4,7 +4,6 @@ clicking the regions, the streamed answer -- equal to the engine's for the same 
 message. Servers listen on loopback and are stopped by the test that starts them."""
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -202,10 +201,11 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
             page.mouse.up()
             page.wait_for_function("() => document.querySelectorAll('#chips button').length == 2", timeout=120000)
             settle(page)
-            # the box as released, not as pressed (a press is a box of no area)
-            x1, y1, x2, y2 = map(float, re.search(r"box \[([^\]]+)\]", page.locator("#chips").inner_text())
-                                 .group(1).split(","))
-            assert x2 - x1 >= 10 and y2 - y1 >= 10
+            # the box as released, not as first reported mid-drag (the annotator reports sizes while it is dragged)
+            page.wait_for_function("() => { const m = document.querySelector('#chips').innerText"
+                                   ".match(/box \\[([^\\]]+)\\]/); if (!m) return false;"
+                                   " const [x1, y1, x2, y2] = m[1].split(',').map(Number);"
+                                   " return x2 - x1 >= 10 && y2 - y1 >= 10; }", timeout=60000)
             # greedy answers, to compare with the engine's
             page.get_by_text("Parameters").click()
             page.locator("#temperature input[type=number]").fill("0")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
+from rgpt_llava.compat import clip_vision_body
 from rgpt_llava.model.siglip_encoder import SiglipVisionTower
 from rgpt_llava.model.vision_tower import build_vision_tower, tower_features
 from rgpt_llava.tiny import build_tiny_clip, build_tiny_siglip
@@ -30,7 +31,7 @@ def tower_args(path, select_layer=-2, select_feature="patch"):
 
 def layer_calls(tower):
     calls = []
-    for i, layer in enumerate(tower.vision_tower.vision_model.encoder.layers):
+    for i, layer in enumerate(clip_vision_body(tower.vision_tower).encoder.layers):
         layer.register_forward_hook(lambda m, inp, out, i=i: calls.append(i))
     return calls
 
@@ -92,7 +93,8 @@ def test_a_whole_siglip_model_folder_gives_its_vision_half(tmp_path):
     tower.load_model()
     whole = full.state_dict()
     loaded = tower.vision_tower.state_dict()
-    assert loaded and all(torch.equal(v, whole[k]) for k, v in loaded.items())  # every weight: the vision half's
+    # every weight: the vision half's (transformers 5 saves SiglipVisionModel's without the vision_model. prefix)
+    assert loaded and all(torch.equal(v, whole.get(k, whole.get("vision_model." + k))) for k, v in loaded.items())
     images = torch.randn(1, 3, 48, 48)
     assert torch.equal(tower_features(tower, images),
                        tower.vision_tower(images, output_hidden_states=True).hidden_states[-2])
@@ -143,7 +145,8 @@ def test_converted_siglip_checkpoint_loads_and_pools_on_its_own_grid(siglip_llav
     assert cfg["mm_hidden_size"] == 48 and cfg["model_type"] == "rgpt_llama"
     _, model, processor, _ = load_pretrained_model(siglip_rgpt_dir, None, device="cpu")
     tower = model.get_vision_tower()
-    assert type(tower) is SiglipVisionTower and type(processor).__name__ == "SiglipImageProcessor"
+    assert type(tower) is SiglipVisionTower and type(processor).__name__ in (
+        "SiglipImageProcessor", "SiglipImageProcessorPil")  # the PIL class: transformers 5 without torchvision
     assert model.merge_size() == (8, 8) and model.region_map_size() == (32, 32)
 
     images = torch.randn(1, 3, 64, 64)

@@ -104,6 +104,17 @@ def upload(page, photo) -> None:
             page.wait_for_timeout(1000)
 
 
+def brush_stroke(page) -> None:
+    """A short stroke across the middle of the mask editor (the brush is its tool after an upload)."""
+    canvas = page.locator("#editor canvas").first.bounding_box()
+    x, y = canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.55
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(12):
+        page.mouse.move(x + 3 * k, y + k)
+    page.mouse.up()
+
+
 def readable(text: str) -> str:
     """Text as a browser shows it: printable characters, runs of white space as one."""
     return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
@@ -181,13 +192,7 @@ def test_the_page_in_a_real_browser(web, real_tok_rgpt_dir, images_dir, tmp_path
             upload(page, photo)
             settle(page)
             # a brush stroke on the photo (the brush is the editor's tool after an upload)
-            canvas = page.locator("#editor canvas").first.bounding_box()
-            x, y = canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.55
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for k in range(12):
-                page.mouse.move(x + 3 * k, y + k)
-            page.mouse.up()
+            brush_stroke(page)
             page.wait_for_function("() => [...document.querySelectorAll('#chips button')]"
                                    ".some(b => b.innerText.includes('mask'))", timeout=120000)
             # a box dragged in the Boxes tab
@@ -391,13 +396,7 @@ def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_
             page.get_by_role("tab", name="Photo and masks").dispatch_event("click")
             page.locator("#scribble input").check(timeout=120000)
             settle(page)
-            canvas = page.locator("#editor canvas").first.bounding_box()
-            x, y = canvas["x"] + canvas["width"] * 0.5, canvas["y"] + canvas["height"] * 0.55
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for k in range(12):
-                page.mouse.move(x + 3 * k, y + k)
-            page.mouse.up()
+            brush_stroke(page)
             page.wait_for_function("() => document.querySelector('#chips').innerText.includes('from a scribble')",
                                    timeout=120000)
             assert page.locator("#chips button").count() == 3

@@ -1,7 +1,8 @@
 """Tiny LLaVA-format checkpoints built from scratch, offline (tests, demo, benchmarks).
 
-``python -m rgpt_llava.tiny --out DIR [--tokenizer PATH]`` writes ``DIR/clip`` (a tiny ``CLIPVisionModel`` with its
-image processor), ``DIR/llava`` (a tiny LLaVA-1.5-style checkpoint: Llama + 2-layer MLP projector) and ``DIR/sam`` (a
+``python -m rgpt_llava.tiny --out DIR [--tokenizer PATH] [--tower siglip]`` writes ``DIR/clip`` (a tiny
+``CLIPVisionModel`` with its image processor; ``DIR/siglip``, a tiny ``SiglipVisionModel``, with ``--tower siglip``),
+``DIR/llava`` (a tiny LLaVA-1.5-style checkpoint: Llama + 2-layer MLP projector) and ``DIR/sam`` (a
 tiny ``SamModel`` for ``--sam-model``) with random weights. Without ``--tokenizer`` a small SentencePiece tokenizer
 is trained on the fly.
 """
@@ -181,21 +182,33 @@ def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: in
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (gets clip/, llava/ and maybe tokenizer/)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (gets clip/ or siglip/, llava/, sam/ and maybe tokenizer/)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder; default: train a tiny SentencePiece one")
-    parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--tower", choices=("clip", "siglip"), default="clip",
+                        help="the vision tower of the tiny LLaVA: CLIP (LLaVA-1.5's) or SigLIP (the paper's Table 7)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the tower's input size (default 56 for CLIP, 64 for SigLIP: 4x4 / 8x8 patch grids)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    patch = 8 if args.tower == "siglip" else 14
+    size = args.image_size or (64 if args.tower == "siglip" else 56)
+    if size < 2 * patch or size % patch:
+        parser.error(f"--image-size {size}: the tiny {args.tower} tower needs a multiple of its patch size {patch}, "
+                     f"at least {2 * patch}")
     out = Path(args.out)
     tok_dir = args.tokenizer
     if tok_dir is None:
         tok_dir = train_tiny_tokenizer(out / "tokenizer")
     elif not os.path.isdir(tok_dir):
         parser.error(f"--tokenizer {tok_dir}: no such folder")
-    clip = build_tiny_clip(out / "clip", image_size=args.image_size, seed=args.seed)
-    llava = build_tiny_llava(out / "llava", tok_dir, clip, seed=args.seed)
+    if args.tower == "siglip":
+        tower = build_tiny_siglip(out / "siglip", image_size=size, patch_size=patch, seed=args.seed)
+    else:
+        tower = build_tiny_clip(out / "clip", image_size=size, patch_size=patch, seed=args.seed)
+    llava = build_tiny_llava(out / "llava", tok_dir, tower, seed=args.seed)
     sam = build_tiny_sam(out / "sam", seed=args.seed)
-    print(f"tiny LLaVA checkpoint (random weights): {llava}\ntiny CLIP tower: {clip}\ntiny SAM: {sam}")
+    print(f"tiny LLaVA checkpoint (random weights): {llava}\ntiny {args.tower} tower: {tower}\ntiny SAM: {sam}")
 
 
 if __name__ == "__main__":

@@ -197,11 +197,15 @@ def main(argv=None):
         parser.error(f"--image-size {size}: the tiny {args.tower} tower needs a multiple of its patch size {patch}, "
                      f"at least {2 * patch}")
     out = Path(args.out)
+    if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
+        parser.error(f"--tokenizer {args.tokenizer}: no such folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {out}: cannot create it ({e.strerror})")
     tok_dir = args.tokenizer
     if tok_dir is None:
         tok_dir = train_tiny_tokenizer(out / "tokenizer")
-    elif not os.path.isdir(tok_dir):
-        parser.error(f"--tokenizer {tok_dir}: no such folder")
     if args.tower == "siglip":
         tower = build_tiny_siglip(out / "siglip", image_size=size, patch_size=patch, seed=args.seed)
     else:

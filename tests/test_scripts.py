@@ -81,6 +81,15 @@ def test_tiny_entry_rejects_missing_tokenizer(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rgpt_llava.tiny", "--out", str(tmp_path / "t"), "--tokenizer",
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no such folder" in proc.stderr
+    assert not (tmp_path / "t").exists()   # refused before anything was written
+
+
+def test_tiny_entry_names_an_output_folder_it_cannot_create(tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "rgpt_llava.tiny", "--out", str(tmp_path / "file" / "t")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"--out {tmp_path / 'file' / 't'}: cannot create it" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def dry_run(script, **env):

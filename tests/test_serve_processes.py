@@ -182,3 +182,31 @@ def test_the_servers_name_a_flag_they_cannot_start_with(server, flags, message, 
     flags = [f.replace("MISSING", str(tmp_path / "nope")) for f in flags]
     assert importlib.import_module(server).main(flags + ["--device", "cpu"]) == 2
     assert capsys.readouterr().err.startswith(message.replace("MISSING", str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("server", ["rgpt_llava.serve.openai_api", "rgpt_llava.serve.model_worker",
+                                    "rgpt_llava.serve.gradio_web_server"])
+def test_the_servers_name_an_address_they_cannot_listen_on(server, tmp_path, capsys):
+    """Checked before the model loads: the checkpoint given does not exist, so a server that loaded first would
+    name --model-path instead."""
+    import importlib
+    import socket
+    main = importlib.import_module(server).main
+    missing = ["--model-path", str(tmp_path / "nope"), "--device", "cpu"] + (
+        ["--no-register"] if server.endswith("model_worker") else [])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [(["--port", "70000"], "error: --port 70000: a port is 1-65535"),
+                 (["--port", "0"], "error: --port 0: a port is 1-65535"),
+                 (["--port", str(port)], f"error: --host 127.0.0.1 --port {port}: cannot listen there "
+                                         "(Address already in use)"),
+                 (["--host", "no-such-host.invalid", "--port", str(free_port())],
+                  "error: --host no-such-host.invalid: no such host")]
+        for flags, message in cases:
+            assert main(missing + flags) == 2, flags
+            assert capsys.readouterr().err.startswith(message), flags
+    # and the address being free, the next problem is the checkpoint's
+    assert main(missing + ["--port", str(free_port())]) == 2
+    assert f"--model-path {tmp_path / 'nope'}" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from rgpt_llava.serve.describe import DEFAULT_PROMPT, full_mask, proposals, rend
 from rgpt_llava.serve.engine import Sampling, iterate_on, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, check_region_json, load_image_file, parse_regions
 from rgpt_llava.serve.openai_api import (APIError, ChatRequest, Message, Part, StartupError, _bad, backend_from_args,
-                                         describe_request)
+                                         check_listen_address, describe_request)
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -673,6 +673,7 @@ def main(argv=None) -> int:
         else:
             p.error(f"--examples {item}: no such file or folder")
     try:
+        check_listen_address(args.host, args.port)
         backend = backend_from_args(args, args.controller_url)
         if not args.model_path:
             try:

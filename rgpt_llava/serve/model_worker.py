@@ -241,6 +241,12 @@ def main(argv=None) -> int:
         p.error(f"--max-regions must be at least 1, got {args.max_regions}")
     from rgpt_llava.model.builder import CheckpointError
     from rgpt_llava.serve.engine import model_name_of
+    from rgpt_llava.serve.openai_api import StartupError, check_listen_address
+    try:
+        check_listen_address(args.host, args.port)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
                                    max_regions=args.max_regions, sam_model=args.sam_model)

@@ -29,6 +29,7 @@ import base64
 import io
 import json
 import re
+import socket
 import sys
 import time
 import uuid
@@ -671,6 +672,24 @@ class StartupError(Exception):
     """A server cannot start: the message names the flag and the problem."""
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once before the model loads (shared by the API, the worker and the page): a port out of
+    range or taken, or a host this machine does not have, is then a line naming the flag rather than a traceback
+    after minutes of loading. The socket is closed at once; the server binds its own."""
+    if not 1 <= port <= 65535:
+        raise StartupError(f"--port {port}: a port is 1-65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise StartupError(f"--host {host}: no such host ({e.strerror})") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gradio do
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise StartupError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from e
+
+
 def backend_from_args(args, controller: Optional[str]):
     """The backend a server's flags ask for (shared by this API and the web page): ``--model-path`` loads the model
     (and ``--sam-model``) in this process; otherwise the model workers behind LLaVA's ``controller``, with SAM, when
@@ -715,6 +734,7 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     try:
+        check_listen_address(args.host, args.port)
         backend = backend_from_args(args, args.controller_address)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import socket
+import sys
 
 import torch
 from transformers.utils import is_flash_attn_2_available
@@ -160,12 +161,50 @@ def start_single_process_group(training_args):
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
 
 
+# The training scripts (scripts/rgpt/*.sh) fill these flags from environment variables: name both in errors.
+SCRIPT_VARIABLES = {"model_name_or_path": "MODEL_BASE", "vision_tower": "VISION_TOWER", "data_path": "DATA_PATH",
+                    "image_folder": "IMAGE_FOLDER", "pretrain_mm_mlp_adapter": "PRETRAIN_ADAPTER"}
+
+
+def _looks_local(path: str) -> bool:
+    """A path rather than a hub id ('org/name' or 'name'), which transformers resolves from its cache or the hub."""
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+
+
+def input_errors(model_args, data_args) -> list:
+    """What the run's inputs lack, checked before any model loads: a run would otherwise stop minutes later (the
+    data) or with a hub error about a 'repo id' (a folder path that does not exist), once per process."""
+    checks = [("model_name_or_path", model_args.model_name_or_path, "folder"),
+              ("vision_tower", model_args.vision_tower, "folder"),
+              ("pretrain_mm_mlp_adapter", model_args.pretrain_mm_mlp_adapter, "file"),
+              ("data_path", data_args.data_path, "file"),
+              ("image_folder", data_args.image_folder, "folder")]
+    errors = []
+    for flag, value, kind in checks:
+        if not value:
+            continue
+        path = os.path.expanduser(value)
+        exists = os.path.isdir(path) if kind == "folder" else os.path.isfile(path)
+        if exists or (kind == "folder" and flag != "image_folder" and not _looks_local(value)):
+            continue
+        what = "no such folder" if kind == "folder" else ("a folder, not a file" if os.path.isdir(path)
+                                                         else "no such file")
+        errors.append(f"--{flag} {value}: {what}" + (f" (the training scripts take it from {SCRIPT_VARIABLES[flag]})"
+                                                      if flag in SCRIPT_VARIABLES else ""))
+    return errors
+
+
 def train(attn_implementation=None):
     # LLaVA builds the projector (and here the refiner) before the Trainer seeds anything, so two runs of the same
     # command start from different weights; seed first, from the run's own --seed.
     import transformers
     parser = transformers.HfArgumentParser((RGPTModelArguments, RGPTDataArguments, RGPTTrainingArguments))
-    training_args = parser.parse_args_into_dataclasses(return_remaining_strings=True)[2]
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(return_remaining_strings=True)
+    errors = input_errors(model_args, data_args)
+    if errors:  # every process stops; rank 0 says why
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(f"error: {e}" for e in errors), file=sys.stderr, flush=True)
+        raise SystemExit(2)
     transformers.set_seed(training_args.seed)
     attn_implementation, why = choose_attention(training_args, attn_implementation)
     start_single_process_group(training_args)

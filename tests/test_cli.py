@@ -136,3 +136,29 @@ def test_points_scribbles_and_snapped_boxes_through_sam(capsys, tmp_path, tiny_r
     code, _, err = run_cli(capsys, *common[:-2], "--query", "What is <region1>?", "--region", prompts[0],
                            "--sam-model", str(tmp_path / "nowhere"))
     assert code == 2 and "--sam-model" in err and "no such folder" in err
+
+
+@pytest.mark.parametrize("entry", ["rgpt_llava.serve.cli", "rgpt_llava.serve.describe", "rgpt_llava.serve.openai_api",
+                                   "rgpt_llava.serve.model_worker", "rgpt_llava.serve.gradio_web_server",
+                                   "rgpt_llava.eval.model_pope"])
+def test_every_entry_names_a_device_it_cannot_use(entry, capsys, tmp_path):
+    """Refused by the parser, before anything loads (the checkpoint named does not even exist): an unknown device
+    type, and CUDA where torch finds none (on a GPU machine: an index past the last device)."""
+    import importlib
+
+    import torch
+    main_of = importlib.import_module(entry).main
+    missing = str(tmp_path / "nope")
+    cuda, why = (("cuda:99", f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+                 if torch.cuda.is_available() else ("cuda", "torch finds no CUDA device on this machine; use cpu"))
+    for device, message in (("gpu", "'gpu': not a torch device; use cpu, cuda or cuda:N"), (cuda, f"'{cuda}': {why}")):
+        with pytest.raises(SystemExit) as exit_:
+            main_of(["--model-path", missing, "--device", device])
+        assert exit_.value.code == 2
+        assert f"argument --device: {message}" in capsys.readouterr().err, (entry, device)
+
+
+def test_the_builder_names_a_device_it_cannot_use(tiny_rgpt_dir):
+    from rgpt_llava.model.builder import load_pretrained_model
+    with pytest.raises(ValueError, match="device 'tpu0': not a torch device"):
+        load_pretrained_model(tiny_rgpt_dir, None, device="tpu0")

@@ -152,6 +152,7 @@ class AnswerWriter:
 # CLI, model
 # ---------------------------------------------------------------------------------------------------------------------
 def add_common_args(ap: argparse.ArgumentParser) -> None:
+    from rgpt_llava.model.builder import device_arg
     ap.add_argument("--model-path", required=True)
     ap.add_argument("--model-base", default=None)
     ap.add_argument("--image-folder", required=True)
@@ -160,7 +161,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-chunks", type=int, default=1)
     ap.add_argument("--chunk-idx", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (per image)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--load-4bit", action="store_true")
     ap.add_argument("--load-8bit", action="store_true")

@@ -8,10 +8,11 @@ Kinds of checkpoint (``describe_checkpoint`` tells which one a folder is):
 - ``llava``     any ``llava_*`` model type: handed to LLaVA's own builder unchanged.
 Weights that a checkpoint should hold but does not, or holds but the model does not know, are an error.
 """
+import argparse
 import json
 import os
 import warnings
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from transformers import AutoTokenizer
@@ -118,11 +119,37 @@ def _llava_model_name(model_path, config):
     return name
 
 
+def device_problem(device) -> Optional[str]:
+    """Why torch cannot put a model on ``device`` on this machine, or None: checked where the device is named (a
+    flag, the builder's argument) rather than met as torch's assertion deep inside loading."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        return "not a torch device; use cpu, cuda or cuda:N"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch finds no CUDA device on this machine; use cpu"
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def device_arg(value: str) -> str:
+    """``--device`` for argparse: a device this machine has, or the parser's error naming the flag."""
+    why = device_problem(value)
+    if why:
+        raise argparse.ArgumentTypeError(f"{value!r}: {why}")
+    return value
+
+
 def load_pretrained_model(model_path, model_base, model_name=None, load_8bit=False, load_4bit=False,
                           device_map="auto", device="cuda", use_flash_attn=False, **kwargs):
     """Same signature and return value as ``llava.model.builder.load_pretrained_model``:
     ``(tokenizer, model, image_processor, context_len)``. ``model_name`` is accepted for compatibility and ignored.
     """
+    why = device_problem(device)
+    if why:
+        raise ValueError(f"device {device!r}: {why}")
     kind = describe_checkpoint(model_path)
     if kind == "llava":
         from llava.model.builder import load_pretrained_model as llava_load

@@ -65,6 +65,7 @@ class RegionChat:
 
 
 def build_parser():
+    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None)
@@ -77,7 +78,7 @@ def build_parser():
                         "into masks")
     p.add_argument("--query", default=None, help="one question; without it, an interactive chat")
     p.add_argument("--conv-mode", default="vicuna_v1")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature > 0)")

@@ -152,6 +152,7 @@ def load_region_file(path: str) -> list:
 
 
 def build_parser():
+    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None)
@@ -169,7 +170,7 @@ def build_parser():
     p.add_argument("--points-per-side", type=int, default=32, help="SAM's proposal grid (points per side)")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="SAM proposals below this predicted IoU go")
     p.add_argument("--stability-score-thresh", type=float, default=0.95, help="SAM proposals less stable go")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--load-8bit", action="store_true")
     return p

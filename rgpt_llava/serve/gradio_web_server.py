@@ -645,13 +645,14 @@ def build_demo(backend, examples: Sequence[str] = (), title: str = "RegionGPT"):
 
 
 def main(argv=None) -> int:
+    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-path", help="serve this checkpoint in this process")
     src.add_argument("--controller-url", help="LLaVA's controller, with rgpt_llava.serve.model_worker workers")
     p.add_argument("--model-base", default=None)
     p.add_argument("--model-name", default=None, help="the name shown (default: the checkpoint folder's)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--load-8bit", action="store_true")
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--conv-mode", default="vicuna_v1")

@@ -217,6 +217,7 @@ def build_app(worker: RegionModelWorker):
 
 
 def main(argv=None) -> int:
+    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=21002)
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None)
     p.add_argument("--model-name", default=None, help="the name clients ask for (default: the checkpoint folder's)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--load-8bit", action="store_true")
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--limit-model-concurrency", type=int, default=5)

@@ -713,13 +713,14 @@ def backend_from_args(args, controller: Optional[str]):
 
 
 def main(argv=None) -> int:
+    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-path", help="serve this checkpoint in this process")
     src.add_argument("--controller-address", help="forward to the model workers behind LLaVA's controller")
     p.add_argument("--model-base", default=None)
     p.add_argument("--model-name", default=None, help="the name clients ask for (default: the checkpoint folder's)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--load-8bit", action="store_true")
     p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--conv-mode", default="vicuna_v1", help="LLaVA's conversation template (default vicuna_v1)")

@@ -13,6 +13,13 @@
 # Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>[_all]), RGPT_DEMO_PRESET (demo | full | ci).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+for a in "$@"; do
+  if [ "$a" = -h ] || [ "$a" = --help ]; then  # this header, before anything is installed
+    sed -n '2,/^# Environment/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo "The benchmark's own flags: python -m rgpt_llava.shapes.benchmark --help (after a first run has installed .venv)."
+    exit 0
+  fi
+done
 source scripts/install.sh
 preset=${RGPT_DEMO_PRESET:-demo}
 models=rgpt

@@ -144,3 +144,14 @@ def test_python_launcher_is_one_plain_process(script):
 def test_training_script_rejects_an_unknown_launcher():
     proc = dry_run("pretrain.sh", GPUS="1", LAUNCHER="torchrun")
     assert proc.returncode != 0 and "LAUNCHER=torchrun is not a launcher; use deepspeed or python" in proc.stderr
+
+
+def test_demo_help_prints_its_options_without_installing(tmp_path):
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, RGPT_VENV=str(venv)))
+    assert proc.returncode == 0, proc.stderr
+    for option in ("bash scripts/demo.sh --all", "bash scripts/demo.sh --full", "bash scripts/demo.sh --serve",
+                   "Environment: RGPT_DEMO_DIR"):
+        assert option in proc.stdout
+    assert not venv.exists() and "[install]" not in proc.stderr

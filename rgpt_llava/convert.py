@@ -18,13 +18,14 @@ change until it is trained); ``bilinear``, ``deconv+bilinear`` and ``none`` are 
 import argparse
 import json
 import os
+import re
 import sys
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from rgpt_llava.constants import STAGE1_FILE
+from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
 from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, _strip_prefixes, read_config
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.region_encoder import REFINER_TYPES, build_refiner
@@ -40,8 +41,40 @@ def rgpt_config_from_llava(llava_config: dict, refiner: str = "deconv_residual",
     return config
 
 
+# Files by which the builder recognises a checkpoint and its kind (builder.describe_checkpoint): a conversion must not
+# leave old ones beside the new (an adapter_config.json would make the result read as a LoRA checkpoint).
+CHECKPOINT_FILE = re.compile(r"config\.json|adapter_model\.(safetensors|bin)|"
+                             r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?|"
+                             + "|".join(re.escape(f) for f in (LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE)))
+
+
+def check_output(output, sources, overwrite=False):
+    """Before anything is read: ``output`` is none of the ``sources`` ((flag, folder) pairs; converting in place
+    would replace the source), and a folder already holding a checkpoint only with ``overwrite`` (its checkpoint
+    files are then removed just before the new ones are written, its other files kept)."""
+    for flag, folder in sources:
+        if folder and os.path.realpath(folder) == os.path.realpath(output):
+            raise CheckpointError(f"--output {output} is the {flag} folder: converting in place would replace the "
+                                  "source; choose another folder")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise CheckpointError(f"--output {output}: a file, not a folder")
+    old = checkpoint_files(output)
+    if old and not overwrite:
+        raise CheckpointError(f"--output {output} already holds a checkpoint ({', '.join(old[:4])}"
+                              f"{', ...' if len(old) > 4 else ''}); pass --overwrite to replace it")
+
+
+def checkpoint_files(folder):
+    return sorted(f for f in os.listdir(folder) if CHECKPOINT_FILE.fullmatch(f)) if os.path.isdir(folder) else []
+
+
+def clear_checkpoint_files(folder):
+    for f in checkpoint_files(folder):
+        os.remove(os.path.join(folder, f))
+
+
 def convert(llava_path, output, model_base=None, refiner="deconv_residual", merge_size=None, refiner_act="gelu",
-            refiner_scale=None, seed=0):
+            refiner_scale=None, seed=0, overwrite=False):
     src_cfg = read_config(llava_path)
     model_type = src_cfg.get("model_type")
     if model_type == "rgpt_llama":
@@ -58,6 +91,7 @@ def convert(llava_path, output, model_base=None, refiner="deconv_residual", merg
         if model_base is None:
             raise CheckpointError(f"{llava_path} holds only {STAGE1_FILE}: pass --model-base (the base LLM)")
 
+    check_output(output, [("--llava-path", llava_path), ("--model-base", model_base)], overwrite)
     config = rgpt_config_from_llava(src_cfg, refiner, merge_size, refiner_act, refiner_scale)
     dtype = getattr(torch, str(src_cfg.get("torch_dtype") or "float32"))
     weights_from = llava_path if full else model_base
@@ -193,6 +227,7 @@ def save_vision_tower(path, vision_config, state: dict, out_dir, dtype):
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{path}: vision tower weights do not match its vision_config: missing "
                               f"{sorted(info['missing_keys'])[:8]}, unexpected {sorted(info['unexpected_keys'])[:8]}")
+    clear_checkpoint_files(out_dir)  # check_output allowed it: nothing there, or --overwrite
     tower.save_pretrained(out_dir, safe_serialization=True)
     # The llava-hf folder's image processor as the tower's class reads it (its type field may say LlavaProcessor's).
     getattr(transformers, processor_name).from_pretrained(path).save_pretrained(out_dir)
@@ -219,19 +254,24 @@ def llava_config_from_hf(hf_config, tower_dir: str, vocab_size: int) -> dict:
 
 
 def convert_llava_hf(llava_hf_path, output, vision_tower_out=None, refiner="deconv_residual", merge_size=None,
-                     refiner_act="gelu", refiner_scale=None, seed=0):
+                     refiner_act="gelu", refiner_scale=None, seed=0, overwrite=False):
     """A llava-hf ``LlavaForConditionalGeneration`` folder -> an RGPT checkpoint (+ its CLIP tower folder)."""
     from transformers import LlavaConfig as HFLlavaConfig
 
     check_llava_hf_config(llava_hf_path, read_config(llava_hf_path))
+    if vision_tower_out and os.path.realpath(vision_tower_out) == os.path.realpath(output):
+        raise CheckpointError(f"--vision-tower-out {vision_tower_out} is the --output folder: the tower's config.json "
+                              "and weights would be replaced by the RGPT checkpoint's; give it a folder of its own")
+    tower_out = vision_tower_out or os.path.join(output, "vision_tower")
+    check_output(output, [("--llava-hf-path", llava_hf_path)], overwrite)
+    check_output(tower_out, [("--llava-hf-path", llava_hf_path)], overwrite)
     llm, tower = split_llava_hf_weights(llava_hf_path, read_weights(llava_hf_path))
     if "model.embed_tokens.weight" not in llm:
         raise CheckpointError(f"{llava_hf_path}: weights do not match a LLaVA-1.5 model: missing "
                               f"['model.embed_tokens.weight']")
     embed = llm["model.embed_tokens.weight"]
     hf_config = HFLlavaConfig.from_pretrained(llava_hf_path)
-    tower_dir = save_vision_tower(llava_hf_path, hf_config.vision_config, tower,
-                                vision_tower_out or os.path.join(output, "vision_tower"), embed.dtype)
+    tower_dir = save_vision_tower(llava_hf_path, hf_config.vision_config, tower, tower_out, embed.dtype)
     config = rgpt_config_from_llava(llava_config_from_hf(hf_config, tower_dir, embed.shape[0]), refiner, merge_size,
                                     refiner_act, refiner_scale)
     model, info = RGPTLlamaForCausalLM.from_pretrained(None, config=config, state_dict=llm, torch_dtype=embed.dtype,
@@ -255,6 +295,7 @@ def _save_rgpt(model, config, dtype, seed, output, tokenizer_from):
     torch.manual_seed(seed)
     model.get_model().mm_refiner = build_refiner(config).to(dtype)
     os.makedirs(output, exist_ok=True)
+    clear_checkpoint_files(output)  # check_output allowed it: nothing there, or --overwrite
     model.save_pretrained(output, safe_serialization=True)
     AutoTokenizer.from_pretrained(tokenizer_from, use_fast=False).save_pretrained(output)
     return output
@@ -275,12 +316,14 @@ def main(argv=None):
     p.add_argument("--merge-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="image-token grid (default: the vision tower's patch grid)")
     p.add_argument("--seed", type=int, default=0, help="seed for the refiner's initialisation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint an existing --output holds (its other files are kept)")
     args = p.parse_args(argv)
     if args.llava_hf_path and args.model_base:
         p.error("--model-base is for --llava-path (a llava-hf folder holds the whole model)")
     if args.llava_path and args.vision_tower_out:
         p.error("--vision-tower-out is for --llava-hf-path (a LLaVA checkpoint names its tower in mm_vision_tower)")
-    refiner = (args.refiner, args.merge_size, args.refiner_act, args.refiner_scale, args.seed)
+    refiner = (args.refiner, args.merge_size, args.refiner_act, args.refiner_scale, args.seed, args.overwrite)
     try:
         if args.llava_hf_path:
             out = convert_llava_hf(args.llava_hf_path, args.output, args.vision_tower_out, *refiner)

@@ -233,3 +233,42 @@ def test_decision_ignores_folder_name(tmp_path, tiny_rgpt_dir):
     shutil.copytree(tiny_rgpt_dir, odd)
     assert describe_checkpoint(str(odd)) == "full"
     assert isinstance(load_pretrained_model(str(odd), None, device="cpu")[1], RGPTLlamaForCausalLM)
+
+
+def folder_digest(folder):
+    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if f.is_file()}
+
+
+def test_conversion_never_replaces_its_source_nor_an_existing_checkpoint(tmp_path, tiny_llava_dir, capsys):
+    src = tmp_path / "llava"
+    shutil.copytree(tiny_llava_dir, src)
+    before = folder_digest(src)
+    # in place: refused before anything is read or written, the source untouched
+    assert convert_main(["--llava-path", str(src), "--output", str(src) + "/."]) == 2
+    assert f"--output {src}/. is the --llava-path folder: converting in place would replace the source" \
+        in capsys.readouterr().err
+    assert folder_digest(src) == before
+
+    out = tmp_path / "rgpt"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    # leftovers of an earlier LoRA run: left in place they would make the new checkpoint read as a LoRA one
+    (out / "adapter_config.json").write_text("{}")
+    (out / "non_lora_trainables.bin").write_bytes(b"old")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"old")
+    assert convert_main(["--llava-path", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {out} already holds a checkpoint (adapter_config.json, model-00001-of-00002.safetensors, " \
+           "non_lora_trainables.bin); pass --overwrite to replace it" in err
+    assert (out / "adapter_config.json").exists()                      # refused: nothing removed
+
+    assert convert_main(["--llava-path", str(src), "--output", str(out), "--overwrite"]) == 0
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(("adapter", "non_lora", "model"))) == \
+        ["model.safetensors"]
+    assert (out / "notes.txt").read_text() == "mine"                   # not a checkpoint file: kept
+    assert describe_checkpoint(str(out)) == "full"
+    assert folder_digest(src) == before
+
+    (tmp_path / "file").write_text("")
+    assert convert_main(["--llava-path", str(src), "--output", str(tmp_path / "file")]) == 2
+    assert f"--output {tmp_path / 'file'}: a file, not a folder" in capsys.readouterr().err

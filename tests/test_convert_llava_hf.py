@@ -183,3 +183,21 @@ def test_cli(tmp_path, hf_dir, capsys):
         with pytest.raises(SystemExit) as e:
             convert_main(argv + ["--output", str(tmp_path / "y")])
         assert e.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_llava_hf_conversion_guards_its_source_and_the_tower_folder(tmp_path, hf_dir, converted, capsys):
+    # the tower folder cannot be the checkpoint's own: its config.json would be replaced by the RGPT one
+    assert convert_main(["--llava-hf-path", hf_dir, "--output", str(tmp_path / "a"),
+                         "--vision-tower-out", str(tmp_path / "a")]) == 2
+    assert "--vision-tower-out" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert convert_main(["--llava-hf-path", hf_dir, "--output", hf_dir]) == 2
+    assert "is the --llava-hf-path folder: converting in place would replace the source" in capsys.readouterr().err
+    # converting again over an earlier conversion: only with --overwrite, and then the same weights
+    out = tmp_path / "again"
+    shutil.copytree(converted, out)
+    assert convert_main(["--llava-hf-path", hf_dir, "--output", str(out)]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert convert_main(["--llava-hf-path", hf_dir, "--output", str(out), "--overwrite"]) == 0
+    for name in ("model.safetensors", "vision_tower/model.safetensors"):
+        ref, got = load_file(os.path.join(converted, name)), load_file(out / name)
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)

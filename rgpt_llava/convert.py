@@ -48,19 +48,19 @@ CHECKPOINT_FILE = re.compile(r"config\.json|adapter_model\.(safetensors|bin)|"
                              + "|".join(re.escape(f) for f in (LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE)))
 
 
-def check_output(output, sources, overwrite=False):
-    """Before anything is read: ``output`` is none of the ``sources`` ((flag, folder) pairs; converting in place
-    would replace the source), and a folder already holding a checkpoint only with ``overwrite`` (its checkpoint
+def check_output(output, sources, overwrite=False, flag="--output"):
+    """Before anything is read: ``output`` is none of the ``sources`` ((flag, folder) pairs; writing there would
+    replace a source), and a folder already holding a checkpoint only with ``overwrite`` (its checkpoint
     files are then removed just before the new ones are written, its other files kept)."""
-    for flag, folder in sources:
+    for source, folder in sources:
         if folder and os.path.realpath(folder) == os.path.realpath(output):
-            raise CheckpointError(f"--output {output} is the {flag} folder: converting in place would replace the "
-                                  "source; choose another folder")
+            raise CheckpointError(f"{flag} {output} is the {source} folder: writing the new checkpoint there would "
+                                  "replace it; choose another folder")
     if os.path.exists(output) and not os.path.isdir(output):
-        raise CheckpointError(f"--output {output}: a file, not a folder")
+        raise CheckpointError(f"{flag} {output}: a file, not a folder")
     old = checkpoint_files(output)
     if old and not overwrite:
-        raise CheckpointError(f"--output {output} already holds a checkpoint ({', '.join(old[:4])}"
+        raise CheckpointError(f"{flag} {output} already holds a checkpoint ({', '.join(old[:4])}"
                               f"{', ...' if len(old) > 4 else ''}); pass --overwrite to replace it")
 
 

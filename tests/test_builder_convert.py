@@ -245,7 +245,7 @@ def test_conversion_never_replaces_its_source_nor_an_existing_checkpoint(tmp_pat
     before = folder_digest(src)
     # in place: refused before anything is read or written, the source untouched
     assert convert_main(["--llava-path", str(src), "--output", str(src) + "/."]) == 2
-    assert f"--output {src}/. is the --llava-path folder: converting in place would replace the source" \
+    assert f"--output {src}/. is the --llava-path folder: writing the new checkpoint there would replace it" \
         in capsys.readouterr().err
     assert folder_digest(src) == before
 

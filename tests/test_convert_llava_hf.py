@@ -191,7 +191,7 @@ def test_llava_hf_conversion_guards_its_source_and_the_tower_folder(tmp_path, hf
                          "--vision-tower-out", str(tmp_path / "a")]) == 2
     assert "--vision-tower-out" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert convert_main(["--llava-hf-path", hf_dir, "--output", hf_dir]) == 2
-    assert "is the --llava-hf-path folder: converting in place would replace the source" in capsys.readouterr().err
+    assert "is the --llava-hf-path folder: writing the new checkpoint there would replace it" in capsys.readouterr().err
     # converting again over an earlier conversion: only with --overwrite, and then the same weights
     out = tmp_path / "again"
     shutil.copytree(converted, out)

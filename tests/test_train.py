@@ -175,6 +175,15 @@ def test_stage2_outputs_load_with_the_builder(env, stage1, kind):
                               "--model-path", str(merged), "--model-base", env.base, "--save-model-path",
                               str(env.root / "x")], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and "not a LoRA checkpoint" in bad.stderr
+        # never over its source, nor over a checkpoint without --overwrite
+        for target, message in ((out, f"--save-model-path {out} is the --model-path folder"),
+                                (merged, f"--save-model-path {merged} already holds a checkpoint")):
+            bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "rgpt" / "merge_lora_weights.py"),
+                                  "--model-path", str(out), "--model-base", env.base, "--save-model-path",
+                                  str(target)], capture_output=True, text=True, timeout=300)
+            assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
+        from rgpt_llava.model.builder import describe_checkpoint
+        assert (out / "adapter_config.json").exists() and describe_checkpoint(str(merged)) == "full"
 
 
 def test_stage2_from_a_tied_llm_keeps_head_and_embeddings_one(env, stage1, tiny_tokenizer_dir):

@@ -5,6 +5,7 @@
 import argparse
 import sys
 
+from rgpt_llava.convert import check_output, clear_checkpoint_files
 from rgpt_llava.model.builder import CheckpointError, describe_checkpoint, load_pretrained_model
 
 
@@ -13,14 +14,19 @@ def main(argv=None):
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", required=True)
     p.add_argument("--save-model-path", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint an existing --save-model-path holds (its other files are kept)")
     args = p.parse_args(argv)
     try:
+        check_output(args.save_model_path, [("--model-path", args.model_path), ("--model-base", args.model_base)],
+                     args.overwrite, flag="--save-model-path")
         if describe_checkpoint(args.model_path) != "lora":
             raise CheckpointError(f"{args.model_path} is not a LoRA checkpoint (no adapter_config.json)")
         tokenizer, model, _, _ = load_pretrained_model(args.model_path, args.model_base, device="cpu")
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    clear_checkpoint_files(args.save_model_path)  # check_output allowed it: nothing there, or --overwrite
     model.save_pretrained(args.save_model_path, safe_serialization=True)
     tokenizer.save_pretrained(args.save_model_path)
     print(f"merged checkpoint written to {args.save_model_path}")

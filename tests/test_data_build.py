@@ -731,6 +731,20 @@ def test_cli_bad_input(capsys, tmp_path):
     assert e.value.code == 2
 
 
+def test_out_never_replaces_an_input(capsys, tmp_path, coco_file):
+    before = Path(coco_file).read_bytes()
+    reg, rel, img = vg_files(tmp_path)
+    for argv, name in ((["coco", "--input", coco_file, "--out", coco_file], "--input"),
+                       (["vg", "--regions", reg, "--relationships", rel, "--out", str(tmp_path / "." / Path(rel).name)],
+                        "--relationships"),
+                       (["merge", str(tmp_path / "other.json"), coco_file, "--out", coco_file], "an input")):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+        assert e.value.code == 2
+        assert f"is {name}: writing there would replace it; choose another file" in capsys.readouterr().err
+    assert Path(coco_file).read_bytes() == before
+
+
 def test_module_entry_point(tmp_path, coco_file):
     out = tmp_path / "o.json"
     r = subprocess.run([sys.executable, "-m", "rgpt_llava.data.build", "coco", "--input", str(coco_file), "--out",

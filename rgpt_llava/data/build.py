@@ -10,6 +10,7 @@ exit status 0 on success, 1 for bad input (the message names the file, item and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -146,11 +147,22 @@ def run(args: argparse.Namespace) -> List[dict]:
     return samples
 
 
+# The flags naming files a build reads (the merge's are positional): --out may be none of them.
+INPUT_FLAGS = ("input", "regions", "relationships", "image_data", "refs", "instances", "inputs")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--merge":
         argv[0] = "merge"
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    for flag in INPUT_FLAGS:
+        value = getattr(args, flag, None)
+        for path in value if isinstance(value, list) else [value]:
+            if path and os.path.realpath(path) == os.path.realpath(args.out):
+                name = "an input" if flag == "inputs" else f"--{flag.replace('_', '-')}"
+                ap.error(f"--out {args.out} is {name}: writing there would replace it; choose another file")
     try:
         run(args)
     except (DataError, ValueError) as e:

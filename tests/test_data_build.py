@@ -741,7 +741,7 @@ def test_out_never_replaces_an_input(capsys, tmp_path, coco_file):
         with pytest.raises(SystemExit) as e:
             main([str(a) for a in argv])
         assert e.value.code == 2
-        assert f"is {name}: writing there would replace it; choose another file" in capsys.readouterr().err
+        assert f"is also {name}: writing there would replace it; choose another file" in capsys.readouterr().err
     assert Path(coco_file).read_bytes() == before
 
 

@@ -185,6 +185,20 @@ def test_chunks_partition_images(tmp_path, images_dir):
         run(ann, images_dir, tmp_path / "x.jsonl", FakeGenerator(), num_chunks=2, chunk_idx=2)
 
 
+def test_cli_never_appends_to_its_annotations(tmp_path, images_dir, capsys):
+    from rgpt_llava.data.recap import main
+    ann = make_annotations(tmp_path / "a.json", images_dir)
+    before = open(ann, "rb").read()
+    for extra, message in ((["--out", ann], f"--out {ann} is also --annotations"),
+                           (["--out", str(tmp_path / "o.jsonl"), "--rejected-out", str(tmp_path / "o.jsonl")],
+                            "--rejected-out " + str(tmp_path / "o.jsonl") + " is also --out: two outputs in one file")):
+        with pytest.raises(SystemExit) as e:
+            main(["--model-path", str(tmp_path / "none"), "--annotations", ann, "--image-folder", str(images_dir),
+                  *extra])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert open(ann, "rb").read() == before
+
+
 def test_bad_annotations(tmp_path, images_dir, capsys):
     out = tmp_path / "out.jsonl"
     with pytest.raises(DataError, match="missing.json: file not found"):

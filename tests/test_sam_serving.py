@@ -220,3 +220,20 @@ def test_describe_cli_refuses_bad_input(capsys, tmp_path, tiny_rgpt_dir, images_
     with pytest.raises(SystemExit):
         describe_main(["--model-path", tiny_rgpt_dir, "--image-file", str(images_dir / "chelsea.jpg")])
     assert "give the regions: --sam-model PATH" in capsys.readouterr().err
+
+
+def test_describe_cli_never_writes_over_what_it_reads(capsys, tmp_path, tiny_rgpt_dir, images_dir):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((images_dir / "chelsea.jpg").read_bytes())
+    regions = tmp_path / "r.json"
+    regions.write_text(json.dumps([{"box": [10, 20, 110, 220]}]))
+    base = ["--model-path", tiny_rgpt_dir, "--image-file", str(photo), "--regions", str(regions), "--device", "cpu"]
+    for extra, message in ((["--png", str(photo)], f"--png {photo} is also --image-file"),
+                           (["--out", str(regions)], f"--out {regions} is also --regions"),
+                           (["--out", str(tmp_path / "x"), "--png", str(tmp_path / "x")],
+                            f"--png {tmp_path / 'x'} is also --out: two outputs in one file")):
+        with pytest.raises(SystemExit) as e:
+            describe_main(base + extra)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert photo.read_bytes() == (images_dir / "chelsea.jpg").read_bytes()
+    assert json.loads(regions.read_text()) == [{"box": [10, 20, 110, 220]}]

@@ -10,12 +10,12 @@ exit status 0 on success, 1 for bad input (the message names the file, item and 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
 from rgpt_llava.data import coco_style
 from rgpt_llava.data.common import DataError, Stats, rng_for, summarize, write_json
+from rgpt_llava.paths import output_clash
 
 
 def _common(p: argparse.ArgumentParser, prefix: bool = True) -> None:
@@ -157,12 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv[0] = "merge"
     ap = parser()
     args = ap.parse_args(argv)
-    for flag in INPUT_FLAGS:
-        value = getattr(args, flag, None)
-        for path in value if isinstance(value, list) else [value]:
-            if path and os.path.realpath(path) == os.path.realpath(args.out):
-                name = "an input" if flag == "inputs" else f"--{flag.replace('_', '-')}"
-                ap.error(f"--out {args.out} is {name}: writing there would replace it; choose another file")
+    clash = output_clash({"--out": args.out}, {"an input" if flag == "inputs" else f"--{flag.replace('_', '-')}":
+                                               getattr(args, flag, None) for flag in INPUT_FLAGS})
+    if clash:
+        ap.error(clash)
     try:
         run(args)
     except (DataError, ValueError) as e:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
 from rgpt_llava.jsonl import read_resumable_jsonl
+from rgpt_llava.paths import output_clash
 
 PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recap_prompts.json")
 GLOBAL_SLOT, CLASS_SLOT = "<GlobalCaption>", "<ClassName>"
@@ -401,6 +402,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser().error("--min-clip-score needs --clip-model")
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser().error(f"--chunk-idx must be in 0..{args.num_chunks - 1}")
+    clash = output_clash({"--out": args.out, "--rejected-out": args.rejected_out},
+                         {"--annotations": args.annotations})
+    if clash:
+        parser().error(clash)
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -184,6 +184,11 @@ def main(argv=None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if not args.regions and not args.sam_model:
         p.error("give the regions: --sam-model PATH (SAM proposes them) or --regions FILE.json")
+    from rgpt_llava.paths import output_clash
+    clash = output_clash({"--out": args.out, "--png": args.png}, {"--image-file": args.image_file,
+                                                                  "--regions": args.regions})
+    if clash:
+        p.error(clash)
     from rgpt_llava.mm_utils import region_references
     from rgpt_llava.model.builder import CheckpointError
     from rgpt_llava.sam import SamPrompter

@@ -257,6 +257,13 @@ def test_bad_inputs(tiny_rgpt_dir, data, tmp_path, capsys):
     assert G.run_main(model_caption.main, common_args(tiny_rgpt_dir, data, out, "--question-file", str(unk))) == 2
     err = capsys.readouterr().err
     assert "line 1" in err and "'missing.jpg' not found" in err
+    # the answers file may not be the question file: read as answers, every question would look done
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": 1, "image": "chelsea.jpg", "text": "q"}\n')
+    assert G.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, questions, "--question-file",
+                                                   str(questions))) == 2
+    assert f"--answers-file {questions} is also --question-file" in capsys.readouterr().err
+    assert questions.read_text() == '{"question_id": 1, "image": "chelsea.jpg", "text": "q"}\n'
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -172,9 +172,17 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="reference path: model.generate per batch of full prompts (no KV-cache reuse)")
 
 
-def check_chunk_args(args) -> None:
+def check_run_args(args) -> None:
+    """The chunk, and an answers file that is none of the files read (a question file taken as answers would look
+    finished: every question_id 'done', nothing generated)."""
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         fail(f"--chunk-idx {args.chunk_idx} must be in 0..{args.num_chunks - 1} (--num-chunks {args.num_chunks})")
+    from rgpt_llava.paths import output_clash
+    clash = output_clash({"--answers-file": args.answers_file},
+                         {f"--{k.replace('_', '-')}": v for k, v in vars(args).items()
+                          if k.endswith("_file") and k != "answers_file"})
+    if clash:
+        fail(clash)
 
 
 def load_model(args):

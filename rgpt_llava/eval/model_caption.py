@@ -33,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="question with <region1>")
     G.add_common_args(ap)
     args = ap.parse_args(argv)
-    G.check_chunk_args(args)
+    G.check_run_args(args)
     qs = G.get_chunk(G.read_question_file(args.question_file), args.num_chunks, args.chunk_idx)
     tokenizer, model, ip = G.load_model(args)
     prompt = G.conv_prompt([(args.prompt, None)], args.conv_mode)

@@ -61,7 +61,7 @@ def main(argv=None):
     ap.add_argument("--include-crowd", action="store_true")
     G.add_common_args(ap)
     args = ap.parse_args(argv)
-    G.check_chunk_args(args)
+    G.check_run_args(args)
     gt = G.read_json_file(args.annotation_file, "annotation file")
     if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
         G.fail(f"annotation file {args.annotation_file}: expected a COCO-style object with images, annotations, "

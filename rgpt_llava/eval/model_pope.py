@@ -22,7 +22,7 @@ def main(argv=None):
     G.add_common_args(ap)
     ap.set_defaults(max_new_tokens=8)
     args = ap.parse_args(argv)
-    G.check_chunk_args(args)
+    G.check_run_args(args)
     qs = G.read_question_file(args.question_file)
     for q in qs:
         for f in ("image", "text"):

@@ -23,7 +23,7 @@ def main(argv=None):
     ap.add_argument("--question-file", required=True)
     G.add_common_args(ap)
     args = ap.parse_args(argv)
-    G.check_chunk_args(args)
+    G.check_run_args(args)
     qs = G.read_question_file(args.question_file)
     for q in qs:
         for f in ("candidates", "expression"):

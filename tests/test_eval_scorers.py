@@ -243,6 +243,19 @@ def test_cls_cli(tmp_path, capsys):
     assert "error: result file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scorer,extra", [(coco_cls, ["--embedder", "none"]), (caption, []), (rec, []), (pope, [])])
+def test_scorers_never_write_metrics_over_what_they_read(tmp_path, capsys, scorer, extra):
+    """--out naming the answers (or the references) would replace them with the metrics: refused before reading."""
+    refs = write_json(tmp_path / "refs.json", {"1": ["a cat"]})
+    answers = write_jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "text": "a cat"}])
+    for out, name in ((answers, "--result-file"), (refs, "--annotation-file")):
+        with pytest.raises(SystemExit) as e:
+            scorer.main(["--annotation-file", refs, "--result-file", answers, "--out", out, *extra])
+        assert e.value.code == 2 and f"--out {out} is also {name}" in capsys.readouterr().err
+    assert json.loads(open(refs).read()) == {"1": ["a cat"]}
+    assert open(answers).read().strip() == '{"question_id": 1, "text": "a cat"}'
+
+
 # =====================================================================================================================
 # captioning
 # =====================================================================================================================

@@ -30,8 +30,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (EvalInputError, answer_text, id_key, index_by_id, match_ids, print_table,
-                                    read_json, read_json_or_jsonl, records, require, run_cli, write_json)
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+                                    print_table, read_json, read_json_or_jsonl, records, require, run_cli, write_json)
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 # characters that Java's PTBTokenizer (-preserveLines) treats as line breaks: one would shift every later caption
@@ -208,7 +208,7 @@ def build_refs(argv: Sequence[str]) -> int:
     ap.add_argument("--out", required=True, help="references JSON {ref_id: [sentences]}")
     ap.add_argument("--instances", help="COCO instances JSON (for the boxes of --questions-out)")
     ap.add_argument("--questions-out", help="JSONL {question_id: ref_id, image_id, file_name, bbox} per ref")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out", "questions_out"))
     if args.questions_out and not args.instances:
         ap.error("--questions-out needs --instances")
     instances = read_json(args.instances, "instances file") if args.instances else None
@@ -237,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--allow-missing", action="store_true", help="score the answered subset, report the rest")
     ap.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}")
     ap.add_argument("--per-item", action="store_true", help="add per-item scores to the JSON")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out",))
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     bad = [m for m in metrics if m not in METRICS]
     if bad:

@@ -36,8 +36,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
-from rgpt_llava.eval.common import (EvalInputError, answer_text, id_key, index_by_id, match_ids, print_table, read_json,
-                                    records, require, run_cli, write_json)
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+                                    print_table, read_json, records, require, run_cli, write_json)
 
 Embedder = Callable[[List[str]], Any]   # texts -> array [N, D]
 
@@ -518,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--ranking-topk", type=int, help="keep the K most likely classes per box (ranking mAP)")
     ap.add_argument("--max-dets", type=int, default=100, help="detections per image and class (LVIS: 300)")
     ap.add_argument("--per-class", action="store_true", help="add per-class AP to the JSON")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out",))
     embedder: Union[None, str, Embedder]
     if args.embedder_path:
         embedder = MiniLMEmbedder(args.embedder_path)

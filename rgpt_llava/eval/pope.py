@@ -27,8 +27,8 @@ import argparse
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (EvalInputError, answer_text, id_key, index_by_id, match_ids, print_table,
-                                    records, require, run_cli, write_json)
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+                                    print_table, records, require, run_cli, write_json)
 
 
 def parse_yes_no(text: str) -> str:
@@ -185,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--question-file", help="LLaVA's llava_pope_test.jsonl (question_id -> category)")
     ap.add_argument("--out", help="write the metrics as JSON here")
     ap.add_argument("--allow-missing", action="store_true", help="score the answered subset, report the rest")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out",))
     files = list(args.annotation_file) + (annotation_files(args.annotation_dir) if args.annotation_dir else [])
     if not files:
         ap.error("give --annotation-file or --annotation-dir")

@@ -44,8 +44,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (EvalInputError, answer_text, id_key, index_by_id, match_ids, print_table,
-                                    read_json, records, require, run_cli, write_json)
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+                                    print_table, read_json, records, require, run_cli, write_json)
 
 IOU_THRESHOLD = 0.5
 _REGION = re.compile(r"\bregion\s*(?:\[\s*(\d+)\s*\]|#?\s*(\d+)(?!\d))", re.IGNORECASE)
@@ -245,7 +245,7 @@ def build_main(argv: Sequence[str]) -> int:
     ap.add_argument("--max-candidates", type=int)
     ap.add_argument("--min-score", type=float)
     ap.add_argument("--gt-position", choices=("hash", "end", "start"), default="hash")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out",))
     items = refcoco_items(load_refs(args.refs), args.split, read_json(args.instances, "instances file"))
     qs = build_questions(items, proposals_by_image(args.proposals), max_candidates=args.max_candidates,
                          min_score=args.min_score, gt_position=args.gt_position)
@@ -268,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--result-file", required=True, help="answers JSONL {question_id, text}")
     ap.add_argument("--out", help="write the metrics as JSON here")
     ap.add_argument("--allow-missing", action="store_true", help="score the answered subset, report the rest")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv, ("out",))
     res = evaluate(args.annotation_file, args.result_file, args.allow_missing)
     rows = [("questions", res["num_questions"]), ("missing answers", res["num_missing"]),
             ("accuracy (%)", res["accuracy"]), ("parsed 'Region [x]'", res["num_parsed"]),

@@ -12,7 +12,7 @@ KEEP_UNQUANTIZED = ["mm_projector", "mm_refiner", "vision_tower", "lm_head"]
 
 def bnb_config(load_4bit: bool = False, load_8bit: bool = False, compute_dtype=torch.float16):
     if load_4bit and load_8bit:
-        raise ValueError("choose one of load_4bit / load_8bit")
+        raise ValueError("choose one of load_4bit / load_8bit (--load-4bit / --load-8bit): not both")
     if load_4bit:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype,
                                   bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",

@@ -16,7 +16,7 @@ out = sys.argv[1]
 tok = train_tiny_tokenizer(f"{out}/tok")
 clip = build_tiny_clip(f"{out}/clip")
 llava = build_tiny_llava(f"{out}/llava", tok, clip)
-rgpt = convert(llava, f"{out}/rgpt")
+rgpt = convert(llava, f"{out}/rgpt", overwrite=True)  # a rerun into the same OUTDIR rebuilds everything
 image = torch.randn(1, 3, 56, 56)
 masks = torch.zeros(2, 56, 56)
 masks[0, 5:30, 5:30] = 1

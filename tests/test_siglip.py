@@ -262,31 +262,29 @@ def test_a_siglip_rgpt_trains_both_stages_and_answers(env, tiny_siglip_dir, imag
     assert reply, answer.stdout
 
 
-def test_the_tiny_command_writes_a_siglip_llava_that_converts_and_answers(tmp_path, real_tokenizer_dir, images_dir):
-    """`python -m rgpt_llava.tiny --tower siglip` as a user runs it: the LLaVA it writes reads the SigLIP it wrote,
-    converts, and the CLI answers about a region on the 8x8 grid; a size the tower cannot take is named."""
+def test_the_tiny_command_writes_a_siglip_llava_that_converts_and_answers(tmp_path, real_tokenizer_dir, images_dir,
+                                                                         capsys):
+    """`python -m rgpt_llava.tiny --tower siglip` (its main, in process): the LLaVA it writes reads the SigLIP it
+    wrote, converts, and the CLI answers about a region on the 8x8 grid; a size the tower cannot take is named."""
+    from rgpt_llava import tiny
+    from rgpt_llava.convert import convert
+    from rgpt_llava.serve.cli import main as cli_main
     out = tmp_path / "tiny"
-    made = subprocess.run([sys.executable, "-m", "rgpt_llava.tiny", "--out", str(out), "--tower", "siglip",
-                           "--tokenizer", real_tokenizer_dir], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-3000:]
-    assert f"tiny siglip tower: {out / 'siglip'}" in made.stdout and not (out / "clip").exists()
+    tiny.main(["--out", str(out), "--tower", "siglip", "--tokenizer", real_tokenizer_dir])
+    assert f"tiny siglip tower: {out / 'siglip'}" in capsys.readouterr().out and not (out / "clip").exists()
     assert json.load(open(out / "siglip" / "config.json"))["model_type"] == "siglip_vision_model"
     assert json.load(open(out / "llava" / "config.json"))["mm_vision_tower"] == str(out / "siglip")
 
-    from rgpt_llava.convert import convert
     rgpt = convert(str(out / "llava"), str(tmp_path / "rgpt"))
-    answer = subprocess.run(
-        [sys.executable, "-m", "rgpt_llava.serve.cli", "--model-path", rgpt, "--image-file",
-         str(images_dir / "chelsea.jpg"), "--device", "cpu", "--region", "box:10,20,110,220",
-         "--query", "what is <region1>?", "--temperature", "0", "--max-new-tokens", "3"],
-        capture_output=True, text=True, timeout=300)
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    assert "region 1: box, box [10, 20, 110, 220]" in answer.stdout
+    assert cli_main(["--model-path", rgpt, "--image-file", str(images_dir / "chelsea.jpg"), "--device", "cpu",
+                     "--region", "box:10,20,110,220", "--query", "what is <region1>?", "--temperature", "0",
+                     "--max-new-tokens", "3"]) == 0
+    assert "region 1: box, box [10, 20, 110, 220]" in capsys.readouterr().out
 
-    bad = subprocess.run([sys.executable, "-m", "rgpt_llava.tiny", "--out", str(tmp_path / "bad"), "--tower",
-                          "siglip", "--image-size", "60"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--image-size 60: the tiny siglip tower needs a multiple of its patch size 8" \
-        in bad.stderr
+    with pytest.raises(SystemExit) as e:
+        tiny.main(["--out", str(tmp_path / "bad"), "--tower", "siglip", "--image-size", "60"])
+    assert e.value.code == 2
+    assert "--image-size 60: the tiny siglip tower needs a multiple of its patch size 8" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()   # refused before anything was written
 
 

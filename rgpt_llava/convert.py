@@ -23,12 +23,12 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
 from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, _strip_prefixes, read_config
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.region_encoder import REFINER_TYPES, build_refiner
+from rgpt_llava.tokenization import load_tokenizer
 
 
 def rgpt_config_from_llava(llava_config: dict, refiner: str = "deconv_residual", merge_size=None,
@@ -297,7 +297,7 @@ def _save_rgpt(model, config, dtype, seed, output, tokenizer_from):
     os.makedirs(output, exist_ok=True)
     clear_checkpoint_files(output)  # check_output allowed it: nothing there, or --overwrite
     model.save_pretrained(output, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tokenizer_from, use_fast=False).save_pretrained(output)
+    load_tokenizer(tokenizer_from).save_pretrained(output)
     return output
 
 

@@ -33,9 +33,8 @@ The assistant gives helpful, detailed, and polite answers to the human's questio
 def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
     """Train a small LLaMA-style SentencePiece model (unk=0, bos=1, eos=2, byte fallback) and save a LlamaTokenizer."""
     import sentencepiece as spm
-    from transformers import LlamaTokenizer
 
-    from rgpt_llava.compat import TRANSFORMERS_MAJOR
+    from rgpt_llava.tokenization import SentencePieceLlamaTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,12 +46,7 @@ def train_tiny_tokenizer(out_dir, vocab_size: int = 320):
         add_dummy_prefix=True, split_digits=True, minloglevel=2, num_threads=1,
     )
     corpus.unlink()
-    if TRANSFORMERS_MAJOR >= 5:
-        # transformers 5's LlamaTokenizer is tokenizers-backed: it converts the SentencePiece model when loading a
-        # folder (a vocab_file argument would be ignored, leaving an empty vocabulary), and adds BOS only if told.
-        tok = LlamaTokenizer.from_pretrained(str(out_dir), legacy=False, add_bos_token=True, add_eos_token=False)
-    else:
-        tok = LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False)
+    tok = SentencePieceLlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=False)
     tok.save_pretrained(str(out_dir))
     (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
     return str(out_dir)
@@ -139,11 +133,11 @@ def build_tiny_llava(out_dir, tokenizer_dir, vision_dir, seed: int = 0, **config
     """A random LLaVA-1.5-style checkpoint (Llama + mlp2x_gelu projector; tower loaded from ``vision_dir``, CLIP or
     SigLIP)."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-    from transformers import AutoTokenizer
 
     from rgpt_llava.model.vision_tower import rgpt_tower_factory
+    from rgpt_llava.tokenization import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     # LLaVA's own model reads a SigLIP folder's config as CLIP's (a warning); RGPT's factory reads it as SigLIP's.
     with rgpt_tower_factory():
@@ -166,9 +160,11 @@ def build_tiny_llm(out_dir, tokenizer_dir, hidden_size: int = 64, num_layers: in
     0.02 suits widths of 1-4k, while 1/sqrt(hidden_size) is the fan-in scale of a narrow model.
     ``tie_word_embeddings`` shares the input embeddings with the LM head (half the weights of a narrow model with
     LLaMA's 32k vocabulary)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    from rgpt_llava.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,

@@ -95,8 +95,8 @@ def rgpt_model(tiny_llava_dir):
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_llava_dir):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny_llava_dir, use_fast=False)
+    from rgpt_llava.tokenization import load_tokenizer
+    return load_tokenizer(tiny_llava_dir)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration)
 
 from rgpt_llava.constants import IMAGE_TOKEN_INDEX
@@ -15,6 +15,7 @@ from rgpt_llava.mm_utils import tokenizer_region_token
 from rgpt_llava.model import RGPTLlamaForCausalLM
 from rgpt_llava.model.builder import CheckpointError, load_pretrained_model
 from rgpt_llava.tiny import CLIP_MEAN, CLIP_STD
+from rgpt_llava.tokenization import load_tokenizer
 
 PX = 56
 OLD_TO_NEW = {"language_model.model.": "model.language_model.", "language_model.lm_head.": "lm_head.",
@@ -25,7 +26,7 @@ def build_tiny_llava_hf(out_dir, tokenizer_dir, seed=0, vision=None, processor=N
     """A random LLaVA-1.5 laid out as llava-hf/llava-1.5-7b-hf: <image> and <pad> added to the tokenizer, embeddings
     padded to a multiple of 64 rows, the CLIP tower inside, its image processor beside it (or the ``vision`` config
     and ``processor`` given)."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    tokenizer = load_tokenizer(tokenizer_dir)
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     vision = vision or CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

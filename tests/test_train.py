@@ -153,6 +153,10 @@ def test_stage2_outputs_load_with_the_builder(env, stage1, kind):
     run(env, out, **flags)
     cfg = json.load(open(out / "config.json"))
     assert cfg["model_type"] == "rgpt_llama"
+    if kind == "full":   # LLaVA's train() loaded (and the trainer saved) LLaVA-1.5's SentencePiece tokenizer
+        tok_cfg = json.load(open(out / "tokenizer_config.json"))
+        assert (out / "tokenizer.model").exists() and tok_cfg["tokenizer_class"] == "LlamaTokenizer"
+        assert tok_cfg["legacy"] is False
     if kind == "qlora":  # trained in 4-bit (the config records it), loaded unquantised unless asked
         assert cfg["quantization_config"]["load_in_4bit"] is True
     if kind != "full":
@@ -249,13 +253,14 @@ def test_deepspeed_launcher(env, stage1, zero):
 
 # ---- the dataset, in process ------------------------------------------------------------------------------------
 def make_dataset(env, tokenizer_dir, data, **args):
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import CLIPImageProcessor
     from llava import conversation as conversation_lib
 
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.train.dataset import make_region_data_module
 
     conversation_lib.default_conversation = conversation_lib.conv_templates["vicuna_v1"]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False, model_max_length=512, padding_side="right")
+    tok = load_tokenizer(tokenizer_dir, model_max_length=512, padding_side="right")
     tok.pad_token = tok.unk_token
     fields = dict(data_path=data, image_folder=env.images, image_aspect_ratio="pad", skipped_log=None,
                   image_processor=CLIPImageProcessor.from_pretrained(env.clip), is_multimodal=True,

@@ -15,11 +15,11 @@ import warnings
 from typing import Dict, Optional
 
 import torch
-from transformers import AutoTokenizer
 
 from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.quantize import bnb_config, quantize_linear_layers_
+from rgpt_llava.tokenization import load_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -197,7 +197,7 @@ def load_pretrained_model(model_path, model_base, model_name=None, load_8bit=Fal
     if quant is not None and not quantize_in_load:
         model = quantize_linear_layers_(model, quant, device=device)
 
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(model_path, model_base), use_fast=False)
+    tokenizer = load_tokenizer(_tokenizer_source(model_path, model_base))
     # LLaVA's handling of its optional extra tokens, kept for checkpoints trained with them.
     if getattr(model.config, "mm_use_im_patch_token", True) or getattr(model.config, "mm_use_im_start_end", False):
         from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN

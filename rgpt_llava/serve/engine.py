@@ -15,7 +15,6 @@ from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from rgpt_llava.compat import TRANSFORMERS_MAJOR
 from rgpt_llava import generation
 from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from rgpt_llava.geometry import Region, process_regions
@@ -165,9 +164,10 @@ class RegionEngine:
         h, w = model.merge_size()
         self.image_tokens = h * w
         self.special_ids = frozenset(tokenizer.all_special_ids)
-        # transformers 5 (tokenizers only): byte-fallback pieces "<0xNN>", whose decoded text is not final while
-        # their run lasts; 4.x's SentencePiece decoding is final at once (its partial characters are held anyway)
-        self.byte_ids = frozenset() if TRANSFORMERS_MAJOR < 5 else frozenset(
+        # a tokenizers-backed tokenizer (transformers 5's own, for a vocabulary without tokenizer.model): byte-fallback
+        # pieces "<0xNN>", whose decoded text is not final while their run lasts; SentencePiece decoding (LLaVA-1.5's
+        # tokenizer, rgpt_llava.tokenization) is final at once (its partial characters are held anyway)
+        self.byte_ids = frozenset() if hasattr(tokenizer, "sp_model") else frozenset(
             i for t, i in tokenizer.get_vocab().items() if len(t) == 6 and t.startswith("<0x") and t.endswith(">"))
         # Servers run every model call on this one thread: requests interleave step by step, and torch keeps one
         # pool of compute threads (a thread pool's many threads each bring their own and fight over the cores: a

@@ -19,7 +19,7 @@ import os
 import random
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -53,6 +53,18 @@ def region_aware_llava_preprocess():
         yield
     finally:
         llava_train.tokenizer_image_token = saved
+
+
+def tokenize_conversation(sample: Dict, tokenizer, data_args) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A sample's ``input_ids`` and ``labels`` (instructions masked): LLaVA's ``preprocess_multimodal`` and
+    ``preprocess`` with the conversation template LLaVA's ``train()`` set, region placeholders as sentinels."""
+    has_image = "image" in sample
+    sources = copy.deepcopy([sample["conversations"]])
+    if has_image:
+        sources = llava_train.preprocess_multimodal(sources, data_args)
+    with region_aware_llava_preprocess():
+        data = llava_train.preprocess(sources, tokenizer, has_image=has_image)
+    return data["input_ids"][0], data["labels"][0]
 
 
 def load_samples(data_path: str) -> List[Dict]:
@@ -168,12 +180,9 @@ class RegionSupervisedDataset(LazySupervisedDataset):
                                         map_size=getattr(self.data_args, "region_map_size", None)) if regions else None
             except (ValueError, FileNotFoundError) as e:
                 raise SampleError(str(e)) from None
-            sources = llava_train.preprocess_multimodal(copy.deepcopy([sample["conversations"]]), self.data_args)
         else:
-            sources, masks = copy.deepcopy([sample["conversations"]]), None
-        with region_aware_llava_preprocess():
-            data = llava_train.preprocess(sources, self.tokenizer, has_image="image" in sample)
-        input_ids, labels = data["input_ids"][0], data["labels"][0]
+            masks = None
+        input_ids, labels = tokenize_conversation(sample, self.tokenizer, self.data_args)
         answers = any(t["from"] == "gpt" and t["value"].strip() for t in sample["conversations"])
         if answers and not bool((labels != IGNORE_INDEX).any()):
             # LLaVA prints "tokenization mismatch" and trains the sample at zero loss; report and skip it instead.

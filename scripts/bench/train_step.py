@@ -39,10 +39,10 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 def build_models(tmp: Path, seed: int):
     """(tokenizer, image processor, LLaVA model, RGPT model): the same weights where they share them."""
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-    from transformers import AutoTokenizer
 
     from rgpt_llava.assets import llama_tokenizer_dir
     from rgpt_llava.convert import rgpt_config_from_llava
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.model import RGPTLlamaForCausalLM
     from rgpt_llava.model.builder import read_config
     from rgpt_llava.model.region_encoder import build_refiner
@@ -54,7 +54,7 @@ def build_models(tmp: Path, seed: int):
                            num_heads=TOWER["num_heads"], seed=seed)
     llava_dir = build_tiny_llava(tmp / "llava", str(llama_tokenizer_dir()), clip, seed=seed,
                                  hidden_size=LLM["hidden_size"], num_layers=LLM["num_layers"])
-    tokenizer = AutoTokenizer.from_pretrained(llava_dir, use_fast=False)
+    tokenizer = load_tokenizer(llava_dir)
     tokenizer.pad_token = tokenizer.unk_token
     llava = LlavaLlamaForCausalLM.from_pretrained(llava_dir, torch_dtype=torch.float32)
     config = rgpt_config_from_llava(read_config(llava_dir), refiner="deconv")

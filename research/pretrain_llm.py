@@ -2,7 +2,7 @@
 
 RegionGPT starts from Vicuna-7B, an LLM that already reads, follows instructions and retrieves from its context. A
 Llama built from scratch (RegionShapes) has none of that, and REC -- "which of ``<region1>``, ..., ``<regionK>``
-fits the striped square?" -- needs exactly the in-context retrieval a pretrained LLM brings (docs/SHAPES.md, "Why
+fits the striped square?" -- needs exactly the in-context retrieval a pretrained LLM brings (research/REC.md, "Why
 REC stays at chance"). This gives the tiny Llama an analogue, on synthetic text alone: no image, no RegionShapes
 data.
 

@@ -25,13 +25,13 @@ projector shape, but the region *features* are not the tower's:
   --turns-per-sample N                  an image's REC turns kept together as one multi-turn sample (LLaVA's v1
                      masking supervises every answer), as a training conversation carries them
   --lr, --beta1, --beta2, --batch-size, --layers, --hidden, --heads   the optimiser and the random Llama's shape
-                     (what sets the plateau's length: docs/SHAPES.md, "Learning rate, heads, depth and batch")
-  --init-std S       the random Llama's initializer_range (transformers' 0.02 by default; docs/SHAPES.md, "The
+                     (what sets the plateau's length: research/REC.md, "Learning rate, heads, depth and batch")
+  --init-std S       the random Llama's initializer_range (transformers' 0.02 by default; research/REC.md, "The
                      Llama's initial scale")
 
 Samples are tokenised and masked by LLaVA's own ``preprocess`` (Vicuna-v1 template, region-aware tokenizer).
 Accuracy is the exact match of the whole answer, teacher-forced on the held-out REC turns (the same as greedy decoding
-would give when it is right). Measured curves and their commands: docs/SHAPES.md, "Why REC stays at chance".
+would give when it is right). Measured curves and their commands: research/REC.md.
 """
 import argparse
 import json

@@ -291,7 +291,7 @@ def test_dataset_masks_labels_and_collates(env, real_tokenizer_dir):
 
 
 @torch.no_grad()
-def test_training_entry_makes_masks_at_the_map_resolution(env, tiny_tokenizer_dir, rgpt_model, monkeypatch):
+def test_training_entry_makes_masks_at_the_map_resolution(env, tiny_tokenizer_dir, rgpt_model):
     """The data module LLaVA's train() asks for makes masks at the model's refined map size in the dataset: nothing
     of the processed image's size (56x56 here, 336x336 for CLIP-L) is collated, and the loss is the one the
     full-resolution masks give."""
@@ -299,8 +299,7 @@ def test_training_entry_makes_masks_at_the_map_resolution(env, tiny_tokenizer_di
     from rgpt_llava.train import train as entry
 
     tok, full = make_dataset(env, tiny_tokenizer_dir, env.good)
-    monkeypatch.setattr(entry.RGPTModelLoader, "last", rgpt_model)
-    module = entry.make_data_module(tok, SimpleNamespace(**vars(full["train_dataset"].data_args)))
+    module = entry.make_data_module(tok, SimpleNamespace(**vars(full["train_dataset"].data_args)), model=rgpt_model)
     assert rgpt_model.region_map_size() == (16, 16)
     assert tuple(rgpt_model.encode_feature_map(torch.zeros(1, 3, 56, 56)).shape[-2:]) == (16, 16)
     ds, ds_full = module["train_dataset"], full["train_dataset"]

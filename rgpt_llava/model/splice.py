@@ -1,7 +1,8 @@
 """Where image and region embeddings land in a token sequence: the ONE splice.
 
-Training and ``generate`` (``RGPTMetaForCausalLM.prepare_inputs_labels_for_multimodal``) and the evaluation fast path
-(``rgpt_llava.eval.generate_common``) both call :func:`splice`, so the two can never disagree about a position.
+Training and ``generate`` (``RGPTMetaForCausalLM.prepare_inputs_labels_for_multimodal``) and the shared-prefix
+generation that evaluation, the CLI and the servers use (``rgpt_llava.generation``) both call :func:`splice`, so the two
+can never disagree about a position.
 
 - A region sentinel ``REGION_TOKEN_INDEX - k`` is replaced IN PLACE by region k's embedding: the sequence length does
   not change and the label there is ignored.

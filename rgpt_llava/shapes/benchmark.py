@@ -61,7 +61,7 @@ MODELS = {
 }
 TOWER = dict(image_size=224, patch_size=14, hidden_size=128, num_layers=3, num_heads=2)
 # init_std: the fan-in scale 1/sqrt(128) ~ 0.088, not transformers' 0.02 (meant for widths of 1-4k); in the demo
-# budget it lifts classification by 11 and 45 points over 0.02 (two seeds; docs/SHAPES.md, "The Llama's initial scale")
+# budget it lifts classification by 11 and 45 points over 0.02 (two seeds; research/REC.md, "The Llama's initial scale")
 LLM = dict(hidden_size=128, num_layers=2, num_heads=4, init_std=0.088)
 
 
@@ -494,7 +494,7 @@ def parse_args(argv=None):
     ap.add_argument("--llm-layers", type=int, help=f"layers of the random tiny Llama (default {LLM['num_layers']})")
     ap.add_argument("--llm-init-std", type=float,
                     help=f"std of the random tiny Llama's weights, its initializer_range (default {LLM['init_std']} "
-                         f"= 1/sqrt(width); transformers' is 0.02; docs/SHAPES.md, \"The Llama's initial scale\")")
+                         f"= 1/sqrt(width); transformers' is 0.02; research/REC.md, \"The Llama's initial scale\")")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -4,8 +4,8 @@
     RGPT_ATTN=flash_attention_2|sdpa|eager picks the LLM's attention (default: FlashAttention-2 where it can run,
     else SDPA); the choice and its reason are printed once.
 
-LLaVA's ``llava.train.train.train()`` looks its helpers up in its module's globals when it runs; this binds RGPT's
-versions there for the duration of the call (and restores LLaVA's after), so LLaVA's training logic -- argument
+LLaVA's ``llava.train.train.train()`` looks its helpers up in its module's globals when it runs; ``TrainingRun`` binds
+RGPT's versions there for the duration of the call (and restores LLaVA's after), so LLaVA's training logic -- argument
 parsing, quantisation, LoRA, vision-module initialisation, saving -- is reused as is, not copied.
 """
 import contextlib
@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from types import SimpleNamespace
 
 import torch
 from transformers.utils import is_flash_attn_2_available
@@ -32,36 +33,25 @@ logger = logging.getLogger(__name__)
 _llava_safe_save = llava_train.safe_save_model_for_hf_trainer
 
 
-class RGPTModelLoader:
-    """Stands in for ``LlavaLlamaForCausalLM`` in LLaVA's train(): loads ``RGPTLlamaForCausalLM``.
+def load_rgpt_model(path, **kwargs):
+    """``RGPTLlamaForCausalLM.from_pretrained``, where LLaVA's train() loads ``LlavaLlamaForCausalLM``.
 
     transformers 4.37 refuses bitsandbytes without CUDA although bitsandbytes quantises and runs on the CPU; there
     the same ``BitsAndBytesConfig`` is applied right after loading, so QLoRA runs (and is tested) on CPU machines.
     """
-
-    last = None  # the model LLaVA's train() is building: the data module reads its refined map's size
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        cls.last = cls._load(path, **kwargs)
-        return cls.last
-
-    @staticmethod
-    def _load(path, **kwargs):
-        quant = kwargs.get("quantization_config")
-        if quant is not None and not torch.cuda.is_available():
-            for key in ("quantization_config", "load_in_4bit", "load_in_8bit", "device_map"):
-                kwargs.pop(key, None)
-            model = RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
-            quant.llm_int8_skip_modules = sorted(set(quant.llm_int8_skip_modules or []) | set(KEEP_UNQUANTIZED))
-            return quantize_linear_layers_(model, quant, device="cpu")
-        return RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
+    quant = kwargs.get("quantization_config")
+    if quant is not None and not torch.cuda.is_available():
+        for key in ("quantization_config", "load_in_4bit", "load_in_8bit", "device_map"):
+            kwargs.pop(key, None)
+        model = RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
+        quant.llm_int8_skip_modules = sorted(set(quant.llm_int8_skip_modules or []) | set(KEEP_UNQUANTIZED))
+        return quantize_linear_layers_(model, quant, device="cpu")
+    return RGPTLlamaForCausalLM.from_pretrained(path, **kwargs)
 
 
-def make_data_module(tokenizer, data_args):
-    """RGPT's data module, asked for by LLaVA's train() once the model is complete (tower, refiner): regions are
-    then made at the refined map's resolution in the dataset's workers."""
-    model = RGPTModelLoader.last
+def make_data_module(tokenizer, data_args, model=None):
+    """RGPT's data module; with the complete ``model`` (tower, refiner), regions are made at its refined map's
+    resolution in the dataset's workers."""
     if model is not None and model.get_vision_tower() is not None:
         data_args.region_map_size = model.region_map_size()
         if os.environ.get("RANK", "0") == "0":  # once, not once per process
@@ -86,34 +76,58 @@ def safe_save_model_for_hf_trainer(trainer, output_dir: str):
     _llava_safe_save(trainer=trainer, output_dir=output_dir)
 
 
-RGPT_BINDINGS = {
-    llava_train: dict(
-        ModelArguments=RGPTModelArguments,
-        DataArguments=RGPTDataArguments,
-        TrainingArguments=RGPTTrainingArguments,
-        LlavaLlamaForCausalLM=RGPTModelLoader,
-        make_supervised_data_module=make_data_module,
-        LLaVATrainer=RGPTTrainer,
-        safe_save_model_for_hf_trainer=safe_save_model_for_hf_trainer,
-        maybe_zero_3=maybe_zero_3,
-    ),
-    llava_trainer_module: dict(maybe_zero_3=maybe_zero_3),
-}
+class TrainingRun:
+    """One call of LLaVA's ``train()`` with RGPT's parts bound into its module.
 
+    LLaVA's ``train()`` looks its helpers up in its module's globals when it runs; :meth:`bound` binds RGPT's there
+    for the duration of the call and restores LLaVA's after. What ``train()`` builds and RGPT needs later -- the model
+    (the data module reads its refined map's size) and the trainer (the summary reads its dataset) -- is kept on this
+    run, not on a class: two runs in one process never see each other's.
+    """
 
-@contextlib.contextmanager
-def rgpt_bindings():
-    saved = {mod: {k: getattr(mod, k) for k in names} for mod, names in RGPT_BINDINGS.items()}
-    try:
-        for mod, names in RGPT_BINDINGS.items():
-            for k, v in names.items():
-                setattr(mod, k, v)
-        yield
-    finally:
-        for mod, names in saved.items():
-            for k, v in names.items():
-                setattr(mod, k, v)
-        RGPTModelLoader.last = None
+    def __init__(self):
+        self.model = None
+        self.trainer = None
+
+    def _load_model(self, path, **kwargs):
+        self.model = load_rgpt_model(path, **kwargs)
+        return self.model
+
+    def _make_data_module(self, tokenizer, data_args):
+        return make_data_module(tokenizer, data_args, model=self.model)
+
+    def _make_trainer(self, *args, **kwargs):
+        self.trainer = RGPTTrainer(*args, **kwargs)
+        return self.trainer
+
+    def bindings(self) -> dict:
+        return {
+            llava_train: dict(
+                ModelArguments=RGPTModelArguments,
+                DataArguments=RGPTDataArguments,
+                TrainingArguments=RGPTTrainingArguments,
+                LlavaLlamaForCausalLM=SimpleNamespace(from_pretrained=self._load_model),
+                make_supervised_data_module=self._make_data_module,
+                LLaVATrainer=self._make_trainer,
+                safe_save_model_for_hf_trainer=safe_save_model_for_hf_trainer,
+                maybe_zero_3=maybe_zero_3,
+            ),
+            llava_trainer_module: dict(maybe_zero_3=maybe_zero_3),
+        }
+
+    @contextlib.contextmanager
+    def bound(self):
+        bindings = self.bindings()
+        saved = {mod: {k: getattr(mod, k) for k in names} for mod, names in bindings.items()}
+        try:
+            for mod, names in bindings.items():
+                for k, v in names.items():
+                    setattr(mod, k, v)
+            yield self
+        finally:
+            for mod, names in saved.items():
+                for k, v in names.items():
+                    setattr(mod, k, v)
 
 
 ATTENTION = ("flash_attention_2", "sdpa", "eager")
@@ -210,9 +224,10 @@ def train(attn_implementation=None):
     start_single_process_group(training_args)
     if os.environ.get("RANK", "0") == "0":  # once, not once per process
         print(f"attention: {attn_implementation} ({why})", flush=True)
-    with rgpt_bindings():
+    run = TrainingRun()
+    with run.bound():
         llava_train.train(attn_implementation=attn_implementation)
-    trainer = RGPTTrainer.last
+    trainer = run.trainer
     if trainer is not None and trainer.args.should_save:
         print(summarize_skips(getattr(trainer.train_dataset, "skipped_log", None)))
 

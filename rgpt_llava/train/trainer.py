@@ -101,13 +101,10 @@ _TRAINER_INIT_PARAMS = frozenset(inspect.signature(Trainer.__init__).parameters)
 
 
 class RGPTTrainer(LLaVATrainer):
-    last = None  # the most recent trainer, for the summary printed after LLaVA's train() returns
-
     def __init__(self, *args, **kwargs):
         if "tokenizer" in kwargs and "tokenizer" not in _TRAINER_INIT_PARAMS:
             kwargs["processing_class"] = kwargs.pop("tokenizer")   # transformers 5 (LLaVA's train() passes tokenizer=)
         super().__init__(*args, **kwargs)
-        RGPTTrainer.last = self
         base = _base_model(self.model).get_model()
         refiner = base.get_refiner() if hasattr(base, "get_refiner") else None
         if refiner is not None:

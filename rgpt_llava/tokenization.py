@@ -197,7 +197,7 @@ if TRANSFORMERS_MAJOR >= 5:
 if TRANSFORMERS_MAJOR >= 5:
     SentencePieceLlamaTokenizer = LlavaLlamaTokenizer
 else:
-    from transformers import LlamaTokenizer as SentencePieceLlamaTokenizer
+    from transformers import LlamaTokenizer as SentencePieceLlamaTokenizer  # noqa: F401  (exported)
 
 
 class LlavaAutoTokenizer:

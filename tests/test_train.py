@@ -411,3 +411,22 @@ def test_saving_helpers_need_no_deepspeed(monkeypatch):
             llava_maybe_zero_3(p)
     else:  # patches/0005 applied: LLaVA's helper needs no DeepSpeed either
         assert torch.equal(llava_maybe_zero_3(p), torch.ones(2))
+
+
+def test_training_order_is_the_seed_and_epochs_alone(env, tiny_tokenizer_dir, rgpt_model, tmp_path):
+    # torch's RandomSampler seeded itself from the global RNG (transformers 4.x) where accelerate 1.x seeds its own:
+    # the same --seed gave another sample order per stack. RGPT's trainer draws it from (seed, epoch) only.
+    from rgpt_llava.train.arguments import RGPTTrainingArguments
+    from rgpt_llava.train.trainer import RGPTTrainer, SeededShuffle
+    order = SeededShuffle(10, seed=3)
+    first = list(order)
+    torch.manual_seed(999)   # whatever the global state, the order stays
+    assert list(order) == first == torch.randperm(10, generator=torch.Generator().manual_seed(3 * 100_003)).tolist()
+    order.set_epoch(1)
+    second = list(order)
+    assert sorted(second) == list(range(10)) and second != first
+    _, module = make_dataset(env, tiny_tokenizer_dir, env.good)
+    trainer = RGPTTrainer(model=rgpt_model, args=RGPTTrainingArguments(output_dir=str(tmp_path), seed=7,
+                                                                        report_to="none", use_cpu=True), **module)
+    sampler = trainer.get_train_dataloader().batch_sampler.sampler
+    assert isinstance(sampler, SeededShuffle) and (sampler.seed, sampler.size) == (7, 2)

@@ -63,3 +63,14 @@ def test_clip_large_shaped_tower_is_bit_identical(tmp_path):
     ours = tower_features(tower, images)
     assert ours.shape == (1, 576, 1024) and torch.equal(ours, reference)
     assert calls == list(range(23))
+
+
+def test_loading_a_tower_leaves_the_random_state_alone(tiny_clip_dir):
+    # LLaVA builds the projector (RGPT the refiner) from the global RNG right after the tower loads; transformers
+    # 4.37 drew from it while loading CLIP and 5.x does not, so the same --seed started other weights per stack
+    from rgpt_llava.model.vision_tower import build_vision_tower
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    tower = build_vision_tower(SimpleNamespace(mm_vision_tower=tiny_clip_dir, mm_vision_select_layer=-2,
+                                               mm_vision_select_feature="patch"))
+    assert tower.is_loaded and torch.equal(torch.get_rng_state(), before)

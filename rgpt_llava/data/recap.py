@@ -27,10 +27,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
 from rgpt_llava.jsonl import read_resumable_jsonl
 from rgpt_llava.paths import output_clash
+from rgpt_llava.prompt import DEFAULT_CONV_MODE, build_prompt, check_conv_mode, with_image
 
 PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recap_prompts.json")
 GLOBAL_SLOT, CLASS_SLOT = "<GlobalCaption>", "<ClassName>"
-DEFAULT_CONV_MODE = "vicuna_v1"
 
 # (images, prompts) -> captions; (crops, captions) -> scores
 Generator = Callable[[Sequence[Any], Sequence[str]], List[str]]
@@ -100,10 +100,11 @@ class LlavaGenerator:
     def __init__(self, model_path: str, model_base: Optional[str] = None, device: str = "cpu",
                  conv_mode: str = DEFAULT_CONV_MODE, max_new_tokens: int = 512, load_4bit: bool = False,
                  load_8bit: bool = False):
-        from llava.conversation import conv_templates
         from rgpt_llava.model.builder import load_pretrained_model
-        if conv_mode not in conv_templates:
-            raise ValueError(f"--conv-mode {conv_mode!r} is not one of LLaVA's templates: {sorted(conv_templates)}")
+        try:
+            check_conv_mode(conv_mode)
+        except ValueError as e:
+            raise ValueError(f"--conv-mode {e}") from None
         self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
             model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
         self.model.config.tokenizer_padding_side = "left"
@@ -112,14 +113,10 @@ class LlavaGenerator:
 
     def prompt(self, text: str) -> str:
         from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-        from llava.conversation import conv_templates
         image = DEFAULT_IMAGE_TOKEN
         if getattr(self.model.config, "mm_use_im_start_end", False):
             image = DEFAULT_IM_START_TOKEN + image + DEFAULT_IM_END_TOKEN
-        conv = conv_templates[self.conv_mode].copy()
-        conv.append_message(conv.roles[0], image + "\n" + text)
-        conv.append_message(conv.roles[1], None)
-        return conv.get_prompt()
+        return build_prompt([("user", with_image(text, image))], self.conv_mode)
 
     def __call__(self, images: Sequence[Any], prompts: Sequence[str]) -> List[str]:
         import torch

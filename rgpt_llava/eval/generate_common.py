@@ -21,11 +21,11 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from rgpt_llava.prompt import DEFAULT_CONV_MODE, check_conv_mode, question_answer_prompt
 from rgpt_llava.eval.common import EvalInputError, id_key
 from rgpt_llava.jsonl import read_resumable_jsonl
 from rgpt_llava.progress import iter_progress
 
-DEFAULT_CONV_MODE = "vicuna_v1"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,15 +201,13 @@ def load_model(args):
 
 def conv_prompt(turns: Sequence[Tuple[str, Optional[str]]], conv_mode: str = DEFAULT_CONV_MODE,
                 image: bool = True) -> str:
-    """The conversation text: ``turns`` = [(user, assistant or None), ...]; ``<image>\\n`` leads the first turn."""
-    from llava.conversation import conv_templates
-    if conv_mode not in conv_templates:
-        fail(f"--conv-mode {conv_mode!r} is unknown; known: {', '.join(sorted(conv_templates))}")
-    conv = conv_templates[conv_mode].copy()
-    for i, (q, a) in enumerate(turns):
-        conv.append_message(conv.roles[0], ("<image>\n" + q) if (i == 0 and image) else q)
-        conv.append_message(conv.roles[1], a)
-    return conv.get_prompt()
+    """The conversation text (:func:`rgpt_llava.prompt.question_answer_prompt`): ``turns`` = [(user, assistant or
+    None), ...]; ``<image>\\n`` leads the first turn."""
+    try:
+        check_conv_mode(conv_mode)
+    except ValueError as e:
+        fail(f"--conv-mode {e}")
+    return question_answer_prompt(turns, conv_mode, image=image)
 
 
 def image_tensor(model, image_processor, image) -> torch.Tensor:

@@ -56,7 +56,16 @@ def tower_model_type(name: str):
 
 
 def build_vision_tower(vision_tower_cfg, **kwargs):
-    """LLaVA's ``build_vision_tower`` that also knows SigLIP: the class is chosen by the tower's config.json."""
+    """LLaVA's ``build_vision_tower`` that also knows SigLIP: the class is chosen by the tower's config.json.
+
+    Loading a pretrained tower leaves the CPU random state as it found it: transformers versions draw from it
+    differently while loading (4.x initialises every weight before overwriting it, 5.x does not), and LLaVA builds
+    the projector (RGPT the refiner) from it right after, so the same --seed started other weights per stack."""
+    with torch.random.fork_rng(devices=[]):
+        return _build_vision_tower(vision_tower_cfg, **kwargs)
+
+
+def _build_vision_tower(vision_tower_cfg, **kwargs):
     name = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
     model_type = tower_model_type(str(name)) if name is not None else None
     if model_type in SIGLIP_MODEL_TYPES:

@@ -14,15 +14,13 @@ import sys
 
 import torch
 
-from llava.conversation import conv_templates
-
-from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN
 from rgpt_llava.geometry import parse_region
 from rgpt_llava.sam import SamPrompter, needs_sam
 from rgpt_llava.mm_utils import check_region_references
 from rgpt_llava.model.builder import CheckpointError
+from rgpt_llava.prompt import check_conv_mode, question_answer_prompt, roles
 from rgpt_llava.serve.engine import RegionEngine, Sampling
-from rgpt_llava.serve.inputs import InputError, load_image_file
+from rgpt_llava.serve.inputs import load_image_file
 
 
 def describe_regions(regions):
@@ -40,27 +38,21 @@ class RegionChat:
 
     def __init__(self, engine: RegionEngine, image, regions, conv_mode="vicuna_v1", temperature=0.2,
                  max_new_tokens=512, seed=None):
-        if conv_mode not in conv_templates:
-            raise ValueError(f"--conv-mode {conv_mode!r} is unknown; choose one of {sorted(conv_templates)}")
+        try:
+            self.conv_mode = check_conv_mode(conv_mode)
+        except ValueError as e:
+            raise ValueError(f"--conv-mode {e}") from None
         self.engine, self.image, self.regions = engine, image, list(regions)
-        self.conv = conv_templates[conv_mode].copy()
         self.sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        self.first = True
+        self.roles = roles(self.conv_mode)   # the template's (user, assistant) names, for the terminal
+        self.turns = []   # (question, answer) of the turns answered so far
 
     def ask(self, message: str, require_all_regions: bool = False) -> str:
-        if self.first and DEFAULT_IMAGE_TOKEN not in message:
-            message = DEFAULT_IMAGE_TOKEN + "\n" + message
-        self.conv.append_message(self.conv.roles[0], message)
-        self.conv.append_message(self.conv.roles[1], None)
-        try:
-            job = self.engine.prepare(self.image, [(self.conv.get_prompt(), self.regions)], self.sampling,
-                                      require_all_regions=require_all_regions)
-            answer = self.engine.answer(job)[0].strip()
-        except InputError:
-            self.conv.messages = self.conv.messages[:-2]
-            raise
-        self.first = False
-        self.conv.messages[-1][-1] = answer
+        prompt = question_answer_prompt(self.turns + [(message, None)], self.conv_mode, image=True)
+        job = self.engine.prepare(self.image, [(prompt, self.regions)], self.sampling,
+                                  require_all_regions=require_all_regions)
+        answer = self.engine.answer(job)[0].strip()
+        self.turns.append((message, answer))   # a refused question (InputError) leaves no turn behind
         return answer
 
 
@@ -109,18 +101,18 @@ def main(argv=None):
     if regions:
         print(describe_regions(regions))
     if args.query is not None:
-        print(f"{chat.conv.roles[0]}: {args.query}")
-        print(f"{chat.conv.roles[1]}: {chat.ask(args.query, require_all_regions=True)}")
+        print(f"{chat.roles[0]}: {args.query}")
+        print(f"{chat.roles[1]}: {chat.ask(args.query, require_all_regions=True)}")
         return 0
     while True:
         try:
-            message = input(f"{chat.conv.roles[0]}: ")
+            message = input(f"{chat.roles[0]}: ")
         except EOFError:
             break
         if not message.strip():
             break
         try:
-            print(f"{chat.conv.roles[1]}: {chat.ask(message)}")
+            print(f"{chat.roles[1]}: {chat.ask(message)}")
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from rgpt_llava.prompt import build_prompt, with_image
 from rgpt_llava.geometry import Region, parse_region
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError, load_image_file, parse_regions
@@ -49,21 +50,13 @@ def proposals(sam, image: Image.Image, max_regions: Optional[int] = None, **gene
     return regions
 
 
-def conversation(prompt: str, conv_mode: str) -> str:
-    from llava.conversation import conv_templates
-    conv = conv_templates[conv_mode].copy()
-    conv.append_message(conv.roles[0], "<image>\n" + prompt)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
-
-
 def describe(engine: RegionEngine, image: Image.Image, regions: Sequence[Region], prompt: str = DEFAULT_PROMPT,
              conv_mode: str = "vicuna_v1", max_new_tokens: int = 64, batch_size: int = 32,
              progress: bool = True, ignore_eos: bool = False) -> List[str]:
     """One greedy answer to ``prompt`` (naming ``<region1>``) per region, ``batch_size`` regions per batch
     (``ignore_eos``: answers of exactly ``max_new_tokens`` tokens, for benchmarks)."""
     from tqdm import tqdm
-    text = conversation(prompt, conv_mode)
+    text = build_prompt([("user", with_image(prompt))], conv_mode)
     answers = [""] * len(regions)
     bar = tqdm(total=len(regions), desc="describing", unit="region", disable=not progress, file=sys.stderr)
     for start in range(0, len(regions), batch_size):

@@ -36,7 +36,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from rgpt_llava.constants import DEFAULT_IMAGE_TOKEN, REGION_PLACEHOLDER_PATTERN
+from rgpt_llava.prompt import build_prompt, check_conv_mode, with_image
+from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
 from rgpt_llava.geometry import Region
 from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on, model_name_of, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha
@@ -290,23 +291,19 @@ def render(req: ChatRequest, keep: Optional[int] = None) -> Tuple[List[Tuple[str
                         pieces.append(f"<region{len(regions)}>")
                 k += 1
         text = " ".join(p for p in pieces if p)
-        if any(p.kind == "image" for p in msg.parts) and DEFAULT_IMAGE_TOKEN not in text:
-            text = DEFAULT_IMAGE_TOKEN + "\n" + text     # LLaVA's convention: the image leads its message
+        if any(p.kind == "image" for p in msg.parts):
+            text = with_image(text)     # LLaVA's convention: the image leads its message
         turns.append((msg.role, text))
     return turns, regions
 
 
 def conversation_prompt(turns: Sequence[Tuple[str, str]], system: Optional[str], conv_mode: str) -> str:
-    from llava.conversation import conv_templates
-    if conv_mode not in conv_templates:
-        raise _bad(f"unknown conv_mode {conv_mode!r}; known: {', '.join(sorted(conv_templates))}", "conv_mode")
-    conv = conv_templates[conv_mode].copy()
-    if system is not None:
-        conv.system = system
-    for role, text in turns:
-        conv.append_message(conv.roles[0] if role == "user" else conv.roles[1], text)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+    """The request's prompt (:func:`rgpt_llava.prompt.build_prompt`); an unknown template is the client's 400."""
+    try:
+        check_conv_mode(conv_mode)
+    except ValueError as e:
+        raise _bad(f"conv_mode {e}", "conv_mode") from None
+    return build_prompt(turns, conv_mode, system)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

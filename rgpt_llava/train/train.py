@@ -17,6 +17,7 @@ import sys
 from types import SimpleNamespace
 
 import torch
+from transformers import set_seed
 from transformers.utils import is_flash_attn_2_available
 
 import llava.train.llava_trainer as llava_trainer_module
@@ -85,12 +86,17 @@ class TrainingRun:
     run, not on a class: two runs in one process never see each other's.
     """
 
-    def __init__(self):
+    def __init__(self, seed: int = 42):
+        self.seed = seed
         self.model = None
         self.trainer = None
 
     def _load_model(self, path, **kwargs):
         self.model = load_rgpt_model(path, **kwargs)
+        # LLaVA builds the projector (and RGPT the refiner) right after this, from the global RNG. Loading draws from
+        # it differently per transformers version (4.x initialises every weight before overwriting it, 5.x does
+        # not), so the same --seed gave other start weights on 5.x; re-seeding here gives the same on every stack.
+        set_seed(self.seed)
         return self.model
 
     def _make_data_module(self, tokenizer, data_args):
@@ -224,7 +230,7 @@ def train(attn_implementation=None):
     start_single_process_group(training_args)
     if os.environ.get("RANK", "0") == "0":  # once, not once per process
         print(f"attention: {attn_implementation} ({why})", flush=True)
-    run = TrainingRun()
+    run = TrainingRun(seed=training_args.seed)
     with run.bound():
         llava_train.train(attn_implementation=attn_implementation)
     trainer = run.trainer

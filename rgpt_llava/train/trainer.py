@@ -100,6 +100,29 @@ def _trusted_torch_load():
 _TRAINER_INIT_PARAMS = frozenset(inspect.signature(Trainer.__init__).parameters)
 
 
+class SeededShuffle(torch.utils.data.Sampler):
+    """The training order: a permutation of the dataset drawn from ``(seed, epoch)`` alone.
+
+    The Trainer's ``RandomSampler`` seeds itself from the global random state when an epoch starts (transformers 4.x
+    with accelerate < 1), or accelerate 1.x swaps in its own seeded sampler: the same ``--seed`` gave another order
+    on every stack. This order is the same on every stack, in every process of a distributed run, and on resume
+    (the Trainer calls ``set_epoch`` through accelerate's data loader)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class RGPTTrainer(LLaVATrainer):
     def __init__(self, *args, **kwargs):
         if "tokenizer" in kwargs and "tokenizer" not in _TRAINER_INIT_PARAMS:
@@ -119,6 +142,14 @@ class RGPTTrainer(LLaVATrainer):
             if self.args.should_save:
                 for name, reason in dataset.load_skips:
                     dataset._append_skip_log(name, reason)
+
+    def _get_train_sampler(self, *args, **kwargs):
+        # LLaVA's modality-grouped sampler when asked for (--group_by_modality_length); else one order per (seed,
+        # epoch) on every stack (SeededShuffle). `*args`: transformers 5 passes the dataset.
+        if self.args.group_by_modality_length or self.train_dataset is None:
+            return super()._get_train_sampler(*args, **kwargs)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return SeededShuffle(len(self.train_dataset), seed)
 
     def floating_point_ops(self, inputs):
         # Only logged. transformers 4.37 cannot count a 4-bit model's parameters without CUDA (its bitsandbytes

@@ -154,7 +154,8 @@ def test_registration_refuses_clashes():
 # ----------------------------------------------------------------------------------------------------------------------
 # Imports
 # ----------------------------------------------------------------------------------------------------------------------
-REGION_MODULES = ["rgpt_llava/geometry.py", "rgpt_llava/sam.py", "rgpt_llava/serve/inputs.py", "rgpt_llava/serve/cli.py",
+REGION_MODULES = ["rgpt_llava/geometry.py", "rgpt_llava/sam.py", "rgpt_llava/serve/inputs.py",
+                  "rgpt_llava/serve/cli.py",
                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rgpt_llava" / "regions").glob("*.py"))]
 
 

@@ -25,7 +25,7 @@ import torch
 from rgpt_llava.regions.prompts import (SCRIBBLE_POINTS, SamPrompt, points_from_dict, points_from_text,
                                         require_sam, scribble_prompt, snapped_box_prompt)
 from rgpt_llava.regions.rasterize import (as_numbers, box_region, flat_numbers, mask_region, parse_numbers,
-                                          polygon_region, rle_region)
+                                          polygon_region, region_name, rle_region)
 from rgpt_llava.regions.region import Region, describe_spec, is_pil_image
 
 __all__ = ["KINDS", "ParseContext", "RegionKind", "cli_help", "companions", "needs_sam", "parse_region",
@@ -46,7 +46,7 @@ class ParseContext:
     @property
     def name(self) -> str:
         """``"region 2 (box:1,2,3,4)"``: how error messages name the region being parsed."""
-        return f"region {self.index + 1} ({self.source})"
+        return region_name(self.index, self.source)
 
 
 Parsed = Union[Region, SamPrompt]
@@ -85,6 +85,17 @@ def _path(body: str, at: ParseContext, kind: str, what: str = "a file path") -> 
     if not body:
         raise ValueError(f"{at.name}: '{kind}:' needs {what}")
     return body
+
+
+def _file_or_value(build: Callable[..., Region], kind: str) -> dict:
+    """The parsers of a kind written ``kind:PATH`` or ``{kind: value}``: ``build(path or value, index, image_size,
+    source)`` takes either."""
+    def from_text(body: str, at: ParseContext) -> Region:
+        return build(_path(body, at, kind), at.index, at.image_size, at.source)
+
+    def from_dict(spec: dict, at: ParseContext) -> Region:
+        return build(spec[kind], at.index, at.image_size, at.source)
+    return {"from_text": from_text, "from_dict": from_dict}
 
 
 def _box_text(body: str, at: ParseContext) -> Region:
@@ -167,8 +178,7 @@ KINDS: List[RegionKind] = [
     RegionKind(
         "rle", "a JSON file holding a COCO RLE of the image's size, or an annotation with one",
         cli="rle:PATH.json", key="rle", rank=3,
-        from_text=lambda body, at: rle_region(_path(body, at, "rle"), at.index, at.image_size, at.source),
-        from_dict=lambda spec, at: rle_region(spec["rle"], at.index, at.image_size, at.source),
+        **_file_or_value(rle_region, "rle"),
         schema=_object_schema(
             "A COCO run-length encoding of a mask of the image's size: compressed (string counts) or not "
             "(integers).",
@@ -183,8 +193,7 @@ KINDS: List[RegionKind] = [
     RegionKind(
         "mask", "a mask file of the image's size: nonzero pixels are inside",
         cli="mask:PATH.png", key="mask", rank=4,
-        from_text=lambda body, at: mask_region(_path(body, at, "mask"), at.index, at.image_size, at.source),
-        from_dict=lambda spec, at: mask_region(spec["mask"], at.index, at.image_size, at.source),
+        **_file_or_value(mask_region, "mask"),
         schema=_object_schema(
             "A mask image of the image's size as a data URL (PNG recommended): nonzero pixels are inside.",
             {"mask": _DATA_URL}, "mask"),

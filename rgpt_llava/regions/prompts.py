@@ -122,7 +122,7 @@ def scribble_prompt(scribble: Any, at) -> SamPrompt:
 def snapped_box_prompt(spec: dict, at) -> SamPrompt:
     """``{"box": [x1, y1, x2, y2] | "x1,y1,x2,y2", "snap": true}``: the box, checked as any box, as SAM's box prompt."""
     name, box = at.name, spec["box"]
-    coords = _numbers(box.replace(",", " ").split(), name, "box") if isinstance(box, str) else _numbers(box, name, "box")
+    coords = _numbers(box.replace(",", " ").split() if isinstance(box, str) else box, name, "box")
     # The box's own checks quote the dict form (the CLI's snap:... is read as one), as they always have.
     box = box_region(coords, at.index, tuple(at.image_size), describe_spec(spec)).box
     return SamPrompt(box=tuple(float(v) for v in box))

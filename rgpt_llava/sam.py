@@ -20,144 +20,30 @@ one, a prompt that needs SAM is a :class:`SamRequired` error naming the flag, an
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-SAM_FLAG = "--sam-model"
-SCRIBBLE_POINTS = 8          # stroke pixels given to SAM per scribble
-MAX_POINTS = 64              # clicks in one prompt
-PROMPT_KINDS = ("point", "scribble", "snap")    # CLI spec prefixes that need SAM
+# The prompt kinds themselves (how clicks, scribbles and snapped boxes are written and checked) are rows of the one
+# kinds table, rgpt_llava.regions.kinds; this module runs SAM on them. Their names stay importable from here.
+from rgpt_llava.regions.kinds import KINDS, needs_sam, parse_region, sam_prompt
+from rgpt_llava.regions.prompts import (MAX_POINTS, SAM_FLAG, SCRIBBLE_POINTS, SamPrompt, SamRequired, require_sam,
+                                        scribble_points)
+from rgpt_llava.regions.region import describe_spec
 
-
-class SamRequired(ValueError):
-    """A region prompt that needs SAM, where no SAM model was given."""
+__all__ = ["MAX_POINTS", "PROMPT_KINDS", "SAM_FLAG", "SCRIBBLE_POINTS", "SamModelError", "SamPrompt", "SamPrompter",
+           "SamRequired", "batched_nms", "needs_sam", "require_sam", "sam_prompt", "scribble_points"]
 
 
 class SamModelError(ValueError):
     """The ``--sam-model`` folder cannot be used."""
 
 
-@dataclass
-class SamPrompt:
-    """One prompt in the image's original pixels: clicks (``points`` [n, 2], ``labels`` [n]) and / or a ``box``."""
-    points: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-    box: Optional[Tuple[float, float, float, float]] = None
-
-
-def needs_sam(spec: Any) -> bool:
-    """Whether a region spec is a prompt for SAM rather than a region."""
-    if isinstance(spec, str):
-        return spec.strip().partition(":")[0].strip().lower() in PROMPT_KINDS
-    if isinstance(spec, dict):
-        return "points" in spec or "scribble" in spec or spec.get("snap") is True
-    return False
-
-
-def require_sam(name: str, what: str = "this region") -> SamRequired:
-    return SamRequired(f"{name}: {what} is a prompt for SAM (points, scribble or a snapped box), and no SAM model "
-                       f"was given: pass {SAM_FLAG} PATH (a local facebook/sam-vit-base folder), or give a box, "
-                       f"polygon or mask instead")
-
-
-def _numbers(values: Any, name: str, what: str) -> List[float]:
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {what} must be numbers, got {values!r}") from None
-    if not all(np.isfinite(out)):
-        raise ValueError(f"{name}: {what} has a non-finite value: {out}")
-    return out
-
-
-def _check_points(points: Sequence[Sequence[float]], labels: Sequence[int], image_size, name: str) -> SamPrompt:
-    width, height = image_size
-    if not points:
-        raise ValueError(f"{name}: a point prompt needs at least one point")
-    if len(points) > MAX_POINTS:
-        raise ValueError(f"{name}: {len(points)} points; at most {MAX_POINTS} per region")
-    if len(labels) != len(points):
-        raise ValueError(f"{name}: {len(points)} points but {len(labels)} labels; give one label per point "
-                         f"(1 on the object, 0 not on it) or none")
-    xy = []
-    for k, p in enumerate(points):
-        if isinstance(p, (str, bytes)) or not hasattr(p, "__len__") or len(p) != 2:
-            raise ValueError(f"{name}: point {k + 1} must be [x, y], got {p!r}")
-        x, y = _numbers(p, name, f"point {k + 1}")
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise ValueError(f"{name}: point {k + 1} ({x:g}, {y:g}) lies outside the {width}x{height} image")
-        xy.append((x, y))
-    if any(lab not in (0, 1) or isinstance(lab, bool) for lab in labels):
-        raise ValueError(f"{name}: labels must be 1 (on the object) or 0 (not on it), got {list(labels)}")
-    if 1 not in labels:
-        raise ValueError(f"{name}: every point is negative (label 0); SAM needs at least one point on the object")
-    return SamPrompt(points=np.asarray(xy, dtype=np.float64), labels=np.asarray(labels, dtype=np.int64))
-
-
-def _parse_point_text(body: str, image_size, name: str) -> SamPrompt:
-    points, labels = [], []
-    for k, part in enumerate(p for p in body.split(";") if p.strip()):
-        values = _numbers(part.replace(",", " ").split(), name, f"point {k + 1}")
-        if len(values) not in (2, 3):
-            raise ValueError(f"{name}: point {k + 1} must be x,y or x,y,label, got {part.strip()!r}")
-        points.append(values[:2])
-        labels.append(values[2] if len(values) == 3 else 1)
-    return _check_points(points, labels, image_size, name)
-
-
-def scribble_points(strokes: np.ndarray, count: int = SCRIBBLE_POINTS, seed: int = 0) -> np.ndarray:
-    """``count`` stroke pixels (their centres, [n, 2] as x, y) drawn without replacement by a seeded generator."""
-    ys, xs = np.nonzero(strokes)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(xs), size=min(count, len(xs)), replace=False))
-    return np.stack([xs[pick] + 0.5, ys[pick] + 0.5], axis=1).astype(np.float64)
-
-
-def _scribble_prompt(scribble: Any, image_size, name: str, count: int, seed: int) -> SamPrompt:
-    from rgpt_llava.geometry import _load_mask_file, _mask_array
-    if isinstance(scribble, (str, os.PathLike)):
-        scribble = _load_mask_file(os.fspath(scribble), name)
-    strokes = _mask_array(scribble, name) > 0
-    width, height = image_size
-    if strokes.shape != (height, width):
-        raise ValueError(f"{name}: scribble size {strokes.shape[1]}x{strokes.shape[0]} (WxH) does not match the "
-                         f"image size {width}x{height}")
-    if not strokes.any():
-        raise ValueError(f"{name}: the scribble is empty (no stroke pixel)")
-    points = scribble_points(strokes, count, seed)
-    return SamPrompt(points=points, labels=np.ones(len(points), dtype=np.int64))
-
-
-def sam_prompt(spec: Any, index: int, image_size, scribble_count: int = SCRIBBLE_POINTS,
-               seed: int = 0) -> SamPrompt:
-    """A checked :class:`SamPrompt` from a region spec for which :func:`needs_sam` holds."""
-    from rgpt_llava.geometry import _box_region, _describe
-    name = f"region {index + 1} ({_describe(spec)})"
-    if isinstance(spec, str):
-        kind, _, body = spec.strip().partition(":")
-        kind, body = kind.strip().lower(), body.strip()
-        if kind == "point":
-            return _parse_point_text(body, image_size, name)
-        if not body:
-            raise ValueError(f"{name}: '{kind}:' needs " + ("a file path" if kind == "scribble" else "x1,y1,x2,y2"))
-        if kind == "scribble":
-            return _scribble_prompt(body, image_size, name, scribble_count, seed)
-        spec = {"box": body, "snap": True}
-    if "points" in spec:
-        points = spec["points"]
-        if not isinstance(points, (list, tuple, np.ndarray)):
-            raise ValueError(f"{name}: points must be a list of [x, y] pairs")
-        labels = spec.get("labels")
-        labels = [1] * len(points) if labels is None else list(labels)
-        return _check_points(list(points), labels, image_size, name)
-    if "scribble" in spec:
-        return _scribble_prompt(spec["scribble"], image_size, name, scribble_count, seed)
-    box = _box_region(_numbers(spec["box"].replace(",", " ").split(), name, "box") if isinstance(spec["box"], str)
-                      else _numbers(spec["box"], name, "box"), index, tuple(image_size), _describe(spec)).box
-    return SamPrompt(box=tuple(float(v) for v in box))
+def __getattr__(name):
+    if name == "PROMPT_KINDS":   # CLI spec prefixes that need SAM, read from the table (kinds may be registered)
+        return tuple(k.name for k in KINDS if k.needs_sam and k.cli is not None)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _image_key(image) -> bytes:
@@ -278,12 +164,11 @@ class SamPrompter:
 
     def region(self, spec: Any, index: int, image):
         """The :class:`~rgpt_llava.geometry.Region` of a prompt spec: SAM's mask, parsed like any user mask."""
-        from rgpt_llava.geometry import _describe, parse_region
         prompt = sam_prompt(spec, index, image.size, self.scribble_count, self.seed)
         mask, score = self.mask(image, prompt)
-        source = f"SAM, {_describe(spec)}"
+        source = f"SAM, {describe_spec(spec)}"
         if not mask.any():
-            raise ValueError(f"region {index + 1} ({_describe(spec)}): SAM found no object for this prompt (its "
+            raise ValueError(f"region {index + 1} ({describe_spec(spec)}): SAM found no object for this prompt (its "
                              f"mask is empty); click elsewhere, or give a box or a mask")
         region = parse_region(mask, index, image.size)
         region.source, region.score = source, score

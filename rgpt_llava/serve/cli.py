@@ -4,18 +4,17 @@
         --region box:x1,y1,x2,y2 --region mask:m.png ... [--query "Describe <region1>"]
 
 With ``--query`` it prints one answer; otherwise it opens an interactive chat (empty line or EOF ends it).
-Region specs: ``box:x1,y1,x2,y2`` (original pixels), ``mask:FILE.png``, ``polygon:x1,y1,x2,y2,...``,
-``rle:FILE.json`` (a COCO RLE); with ``--sam-model PATH``, prompts that SAM turns into masks: ``point:x,y[,label]``
-(``;`` between clicks, label 1 on the object / 0 not), ``scribble:FILE.png`` (brush strokes), ``snap:x1,y1,x2,y2``
-(a box refined to the object). ``<region>`` takes the regions in order; ``<regionN>`` names the N-th.
+Region specs (``--region``, below): the kinds of ``rgpt_llava.regions.kinds``, in original pixels; with
+``--sam-model PATH`` also prompts that SAM turns into masks. ``<region>`` takes the regions in order; ``<regionN>``
+names the N-th.
 """
 import argparse
 import sys
 
 import torch
 
-from rgpt_llava.geometry import parse_region
-from rgpt_llava.sam import SamPrompter, needs_sam
+from rgpt_llava.regions.kinds import cli_help, needs_sam, parse_region
+from rgpt_llava.sam import SamPrompter
 from rgpt_llava.mm_utils import check_region_references
 from rgpt_llava.model.builder import CheckpointError
 from rgpt_llava.prompt import check_conv_mode, question_answer_prompt, roles
@@ -63,8 +62,7 @@ def build_parser():
     p.add_argument("--model-base", default=None)
     p.add_argument("--image-file", required=True)
     p.add_argument("--region", action="append", default=[], metavar="SPEC",
-                   help="box:x1,y1,x2,y2 | mask:FILE.png | polygon:x1,y1,... | rle:FILE.json; with --sam-model: "
-                        "point:x,y[,label][;x,y[,label]] | scribble:FILE.png | snap:x1,y1,x2,y2 (repeatable)")
+                   help=cli_help())
     p.add_argument("--sam-model", default=None, metavar="PATH",
                    help="a local SAM folder (facebook/sam-vit-base or -huge): turns point / scribble / snap prompts "
                         "into masks")

@@ -10,31 +10,29 @@ the servers answer them with a 4xx.
   it while ``PIL.Image.open`` does not. (Training and evaluation keep the datasets' raw pixels: their annotations are
   in that frame.) An RGBA / LA image whose alpha channel is not fully opaque carries one mask (nonzero alpha =
   inside), the convention of Describe-Anything's server: :func:`split_alpha`.
-* REGION (``region.schema.json``, docs/SERVING.md): ``{"box": [x1, y1, x2, y2]}``, ``{"polygon": [...]}``,
-  ``{"rle": {"size": [h, w], "counts": ...}}``, ``{"mask": "data:image/png;base64,..."}``, and prompts that SAM turns
-  into masks where the server has ``--sam-model`` (:mod:`rgpt_llava.sam`): ``{"points": [[x, y], ...], "labels":
-  [1, 0, ...]}``, ``{"scribble": "data:image/png;base64,..."}``, ``{"box": [...], "snap": true}``; nothing else (a
+* REGION (``region.schema.json``, docs/SERVING.md): the kinds of :mod:`rgpt_llava.regions.kinds` that have a JSON
+  schema -- ``{"box": [x1, y1, x2, y2]}``, ``{"polygon": [...]}``, ``{"mask": "data:image/png;base64,..."}``, ... and
+  prompts that SAM turns into masks where the server has ``--sam-model`` (:mod:`rgpt_llava.sam`); nothing else (a
   server never reads files named by a client).
 """
 import base64
 import binascii
 import functools
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageOps
 
-from rgpt_llava.geometry import Region, parse_region
-from rgpt_llava.sam import needs_sam, require_sam
+from rgpt_llava.regions import kinds as region_kinds
+from rgpt_llava.regions.kinds import needs_sam, parse_region
+from rgpt_llava.regions.prompts import require_sam
+from rgpt_llava.regions.region import Region
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024        # decoded size of one image (or mask) in a request
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024       # PIL's decompression-bomb guard, per image
 MAX_REGIONS = 64                          # regions per request (--max-regions on the servers)
-REGION_KINDS = ("box", "polygon", "rle", "mask", "points", "scribble")
-COMPANIONS = {"labels": "points", "snap": "box"}          # fields allowed beside a kind
 SCHEMA_PATH = Path(__file__).with_name("region.schema.json")
 _DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,", re.IGNORECASE)
 
@@ -128,17 +126,24 @@ class _pixel_limit:
 # ---------------------------------------------------------------------------------------------------------------------
 # REGION
 # ---------------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
+def __getattr__(name):
+    # Read from the kinds table at each use, not copied at import: a kind registered later is a REGION too.
+    if name == "REGION_KINDS":
+        return region_kinds.request_kinds()
+    if name == "COMPANIONS":      # fields allowed beside a kind
+        return region_kinds.companions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def region_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        return json.load(f)
+    """The REGION schema, derived from the kinds table (``SCHEMA_PATH`` holds the same, written out)."""
+    return region_kinds.region_schema()
 
 
 @functools.lru_cache(maxsize=None)
-def _kind_validator(kind: str):
+def _kind_validator(kind: "region_kinds.RegionKind"):
     from jsonschema import Draft202012Validator
-    schema = dict(region_schema())
-    sub = {"$ref": f"#/$defs/{kind}", "$defs": schema["$defs"]}
+    sub = {"$ref": f"#/$defs/{kind.key}", "$defs": region_schema()["$defs"]}
     return Draft202012Validator(sub)
 
 
@@ -147,18 +152,19 @@ def check_region_json(obj: Any, param: str) -> str:
     if not isinstance(obj, dict):
         raise InputError(f"a REGION must be an object such as {{\"box\": [x1, y1, x2, y2]}}, got "
                          f"{type(obj).__name__}", param)
-    kinds = [k for k in obj if k in REGION_KINDS]
-    unknown = sorted(str(k) for k in obj if k not in REGION_KINDS and k not in COMPANIONS)
+    keys, companions = region_kinds.request_kinds(), region_kinds.companions()
+    kinds = [k for k in obj if k in keys]
+    unknown = sorted(str(k) for k in obj if k not in keys and k not in companions)
     if unknown:
-        raise InputError(f"unknown REGION field(s) {unknown}; a REGION has exactly one of {', '.join(REGION_KINDS)}",
+        raise InputError(f"unknown REGION field(s) {unknown}; a REGION has exactly one of {', '.join(keys)}",
                          param)
     if len(kinds) != 1:
-        raise InputError(f"a REGION has exactly one of {', '.join(REGION_KINDS)}, got {kinds or 'none'}", param)
+        raise InputError(f"a REGION has exactly one of {', '.join(keys)}, got {kinds or 'none'}", param)
     kind = kinds[0]
-    stray = [k for k, owner in COMPANIONS.items() if k in obj and owner != kind]
+    stray = [k for k, owner in companions.items() if k in obj and owner != kind]
     if stray:
-        raise InputError(f"{stray[0]!r} belongs with {COMPANIONS[stray[0]]!r}, not with {kind!r}", param)
-    errors = list(_leaf_errors(_kind_validator(kind).iter_errors(obj)))
+        raise InputError(f"{stray[0]!r} belongs with {companions[stray[0]]!r}, not with {kind!r}", param)
+    errors = list(_leaf_errors(_kind_validator(region_kinds.request_kind(kind)).iter_errors(obj)))
     if errors:
         # the shallowest problem reads best ("polygon: [...] is too short" rather than one alternative's detail);
         # among equals, a wrong count or value before a wrong type
@@ -186,7 +192,7 @@ def _short(text: str, limit: int = 160) -> str:
 def region_spec(obj: Any, param: str) -> Any:
     """A checked REGION as a spec for :func:`rgpt_llava.geometry.parse_region` (a mask's data URL decoded)."""
     kind = check_region_json(obj, param)
-    if kind in ("mask", "scribble"):
+    if region_kinds.request_kind(kind).data_url:
         return {**obj, kind: open_image_bytes(decode_base64(obj[kind], param, kind), param, kind)}
     return obj
 

@@ -47,8 +47,8 @@ PRETRAINED_TOWER = Path(__file__).resolve().parent / "tower"
 PRESETS = {
     "demo": dict(n_train=3000, n_val=200, rec_turns=2, stage1_steps=30, stage2_steps=200),
     "full": dict(n_train=6000, n_val=300, rec_turns=2, stage1_steps=60, stage2_steps=700),
-    # ci: the suite's guard that the answer formats are learned (tests/test_scripts.py). 100 stage-2 steps: at 60 the
-    # pinned stack learns them (100 %, 100 %, CIDEr 128.7) but transformers 5.24 did not (class answers 0 % in vocabulary)
+    # ci: the suite's guard that the answer formats are learned (tests/test_scripts.py). 100 stage-2 steps: 60 sit on
+    # the edge, where the start decides (seed 0: class answers 0 % in vocabulary; docs/STACKS.md, "The demo's learning")
     "ci": dict(n_train=800, n_val=60, rec_turns=2, stage1_steps=10, stage2_steps=100),
 }
 MODELS = {

@@ -22,3 +22,36 @@ def output_clash(outputs: Dict[str, PathArg], inputs: Dict[str, PathArg]) -> Opt
             return f"{flag} {path} is also {seen[real]}: two outputs in one file; choose another file"
         seen[real] = flag
     return None
+
+
+def _flag_names(parser) -> Dict[str, str]:
+    """``{dest: how the user typed it}``: the first option string (``--image-file``), or a positional's metavar."""
+    names = {}
+    for action in getattr(parser, "_actions", ()):
+        names[action.dest] = action.option_strings[0] if action.option_strings else (
+            action.metavar if isinstance(action.metavar, str) else action.dest)
+    return names
+
+
+def args_output_clash(parser, args, outputs: Sequence[str]) -> Optional[str]:
+    """:func:`output_clash` for parsed arguments: every output (``outputs``: argument names) against every file that
+    another argument names and that exists now -- the command's inputs, derived rather than listed, so a new input
+    flag is covered without editing a list."""
+    names = _flag_names(parser)
+    flag = lambda dest: names.get(dest) or "--" + dest.replace("_", "-")  # noqa: E731
+
+    def files(value):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [p for p in values if isinstance(p, (str, os.PathLike)) and os.path.isfile(p)]
+    return output_clash({flag(k): getattr(args, k, None) for k in outputs},
+                        {flag(k): files(v) for k, v in vars(args).items() if k not in outputs})
+
+
+def parse_args_checked(parser, argv=None, outputs: Sequence[str] = ("out",)):
+    """``parser.parse_args(argv)``, then the parser's error (exit 2, one line) if an output is a file that another
+    argument names: ``--out`` over ``--result-file`` would replace the answers with their metrics."""
+    args = parser.parse_args(argv)
+    clash = args_output_clash(parser, args, outputs)
+    if clash:
+        parser.error(clash)
+    return args

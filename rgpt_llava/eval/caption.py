@@ -30,7 +30,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+from rgpt_llava.paths import parse_args_checked
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
                                     print_table, read_json, read_json_or_jsonl, records, require, run_cli, write_json)
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")

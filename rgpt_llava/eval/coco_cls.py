@@ -36,7 +36,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
-from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+from rgpt_llava.paths import parse_args_checked
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
                                     print_table, read_json, records, require, run_cli, write_json)
 
 Embedder = Callable[[List[str]], Any]   # texts -> array [N, D]

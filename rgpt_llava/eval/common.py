@@ -156,20 +156,6 @@ def print_table(title: str, rows: Sequence[Tuple[str, Any]], file=None, digits: 
         print(f"{k:<{width}}  {fmt(v, digits):>10}", file=file)
 
 
-def parse_args_checked(ap, argv, outputs: Sequence[str] = ("out",)):
-    """``ap.parse_args(argv)``, then the parser's error if an output (``outputs``: argument names) is a file that
-    another argument names: ``--out`` over ``--result-file`` would replace the answers with their metrics."""
-    from rgpt_llava.paths import output_clash
-    args = ap.parse_args(argv)
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
-    files = lambda v: [p for p in (v if isinstance(v, list) else [v]) if isinstance(p, str) and os.path.isfile(p)]  # noqa: E731
-    clash = output_clash({flag(k): getattr(args, k, None) for k in outputs},
-                         {flag(k): files(v) for k, v in vars(args).items() if k not in outputs})
-    if clash:
-        ap.error(clash)
-    return args
-
-
 def write_json(path: Optional[str], obj: Any) -> None:
     if not path:
         return

@@ -27,7 +27,8 @@ import argparse
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+from rgpt_llava.paths import parse_args_checked
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
                                     print_table, records, require, run_cli, write_json)
 
 

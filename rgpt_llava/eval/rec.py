@@ -44,7 +44,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids, parse_args_checked,
+from rgpt_llava.paths import parse_args_checked
+from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
                                     print_table, read_json, records, require, run_cli, write_json)
 
 IOU_THRESHOLD = 0.5

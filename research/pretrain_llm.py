@@ -370,11 +370,12 @@ def main(argv=None):
     if args.init_llm is None and args.hidden % args.heads:
         ap.error(f"--heads {args.heads} does not divide the width {args.hidden}")
 
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.tiny import build_tiny_llm
     torch.manual_seed(args.seed)
     if args.init_llm is not None:
-        tokenizer = AutoTokenizer.from_pretrained(args.init_llm, use_fast=False)
+        tokenizer = load_tokenizer(args.init_llm)
         model = LlamaForCausalLM.from_pretrained(args.init_llm, torch_dtype=torch.float32)
         c = model.config
         args.hidden, args.layers, args.heads, args.init_std = (c.hidden_size, c.num_hidden_layers,
@@ -384,7 +385,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed,
                            num_heads=args.heads, init_std=args.init_std, tie_word_embeddings=not args.untied)
-            tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
+            tokenizer = load_tokenizer(tmp)
             model = LlamaForCausalLM.from_pretrained(tmp)
     try:
         pool = word_pool(tokenizer, args.max_word_id, seed=args.seed)

@@ -347,12 +347,13 @@ def main(argv=None):
     except StudyError as e:
         ap.error(str(e))
 
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.tiny import build_tiny_llm
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     if args.init_llm is not None:
-        tokenizer = AutoTokenizer.from_pretrained(args.init_llm, use_fast=False)
+        tokenizer = load_tokenizer(args.init_llm)
         model = LlamaForCausalLM.from_pretrained(args.init_llm)
         args.hidden, args.layers, args.heads, args.init_std = (
             model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads,
@@ -361,7 +362,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             build_tiny_llm(tmp, args.tokenizer, hidden_size=args.hidden, num_layers=args.layers, seed=args.seed,
                            num_heads=args.heads, init_std=args.init_std)
-            tokenizer = AutoTokenizer.from_pretrained(tmp, use_fast=False)
+            tokenizer = load_tokenizer(tmp)
             model = LlamaForCausalLM.from_pretrained(tmp)
     train, val = encode(train, tokenizer), encode(val, tokenizer)
     if easy is not None:

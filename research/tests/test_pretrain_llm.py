@@ -101,13 +101,14 @@ def test_samples_are_reproducible():
 
 @pytest.fixture(scope="module")
 def tied_llm(tmp_path_factory, real_tokenizer_dir):
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.tiny import build_tiny_llm
     out = tmp_path_factory.mktemp("llm")
     build_tiny_llm(out, real_tokenizer_dir, hidden_size=32, num_layers=1, num_heads=2, tie_word_embeddings=True)
     model = LlamaForCausalLM.from_pretrained(out)
     assert model.lm_head.weight is model.get_input_embeddings().weight
-    return AutoTokenizer.from_pretrained(out, use_fast=False), model
+    return load_tokenizer(out), model
 
 
 def test_encoder_supervises_the_answers_and_widens_the_image(tied_llm):

@@ -91,8 +91,8 @@ def test_text_regions_are_captions(data):
 
 
 def test_runs_and_writes_its_curve(data, real_tokenizer_dir, tmp_path):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir, use_fast=False)
+    from rgpt_llava.tokenization import load_tokenizer
+    tok = load_tokenizer(real_tokenizer_dir)
     samples = study.rec_samples(data, "val", "oracle", "paper")
     for (pairs, _), (ids, labels, feats) in zip(samples, study.encode(samples, tok)):
         # one sentinel per region; the labels are exactly the answer and its </s>, at the end
@@ -179,10 +179,11 @@ def test_batched_forward_equals_one_sample_at_a_time(data, real_tokenizer_dir, t
     """The batched splice puts each sample's own k-th projected feature at its k-th sentinel: same loss and argmax as
     running every sample alone (exact mode: several regions per sample, the query last)."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from rgpt_llava.tokenization import load_tokenizer
     from rgpt_llava.tiny import build_tiny_llm
     build_tiny_llm(tmp_path, real_tokenizer_dir, hidden_size=32, num_layers=1, seed=0)
-    tok = AutoTokenizer.from_pretrained(tmp_path, use_fast=False)
+    tok = load_tokenizer(tmp_path)
     model = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     batch = study.encode(study.rec_samples(data, "train", "exact", "paper"), tok)[:6]
     assert len({len(f) for _, _, f in batch}) > 1          # different region counts in one batch
@@ -319,7 +320,7 @@ def test_curriculum_reports_both_held_out_sets_and_refuses_bad_flags(data, real_
 
 
 def test_turns_per_sample_keeps_an_images_rec_turns_together(data, real_tokenizer_dir):
-    from transformers import AutoTokenizer
+    from rgpt_llava.tokenization import load_tokenizer
     one = single(study.rec_samples(data, "train", "oracle", "paper"))
     grouped = study.rec_samples(data, "train", "oracle", "paper", turns_per_sample=2)
     assert len(grouped) < len(one) and max(len(p) for p, _ in grouped) == 2
@@ -334,7 +335,7 @@ def test_turns_per_sample_keeps_an_images_rec_turns_together(data, real_tokenize
             offset += len(numbers)
         assert offset == len(rows)
     assert flat == one
-    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir, use_fast=False)
+    tok = load_tokenizer(real_tokenizer_dir)
     for (pairs, _), (ids, labels, _) in zip(grouped, study.encode(grouped, tok)):
         spans = study.answer_spans(labels)    # LLaVA's masking: every answer supervised, nothing else
         assert [ids[a:b] for a, b in spans] == [tok(ans).input_ids[1:] + [tok.eos_token_id] for _, ans in pairs]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rgpt_llava.serve import gradio_web_server as W
+from rgpt_llava.serve import page as W
 from rgpt_llava.serve.engine import Sampling
 
 from servers import Servers, free_port
@@ -135,7 +135,7 @@ def web(tmp_path, real_tok_rgpt_dir, images_dir):
 def engine_answer(tiny_rgpt_dir, photo: Image.Image, question: str, regions_json: str, max_new_tokens=256) -> str:
     from rgpt_llava.serve.engine import RegionEngine
     from rgpt_llava.serve.inputs import parse_regions
-    from rgpt_llava.serve.openai_api import conversation_prompt
+    from rgpt_llava.serve.chat import conversation_prompt
     engine = RegionEngine.load(tiny_rgpt_dir, device="cpu")
     regions = parse_regions([(r, f"r{k}") for k, r in enumerate(json.loads(regions_json))], photo.size)
     prompt = conversation_prompt([("user", "<image>\n" + question)], None, "vicuna_v1")
@@ -303,7 +303,7 @@ def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_
 
     # gradio_client: clicks as REGION JSON, answered as with the mask SAM makes of them
     from rgpt_llava.sam import SamPrompter
-    from rgpt_llava.serve.describe import full_mask
+    from rgpt_llava.regions.rasterize import full_mask
     pil = Image.open(photo).convert("RGB")
     made = full_mask(SamPrompter(tiny_sam_dir, "cpu").region({"points": [[200, 150]]}, 0, pil), *pil.size)
     from pycocotools import mask as mask_utils

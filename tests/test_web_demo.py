@@ -89,6 +89,42 @@ def test_answers_name_regions():
     assert W.named_regions("region 1 is left of <region3>; region 9 does not exist", 3) == [1, 3]
 
 
+class AnsweringBackend:
+    """A backend (rgpt_llava.serve.backends.Backend) that answers every request with one text, keeping the request."""
+    executor, sam = None, None
+
+    def __init__(self, text: str):
+        self.text, self.requests = text, []
+
+    def models(self):
+        return ["m"]
+
+    def start(self, req):
+        from rgpt_llava.serve.backends import Event, Usage
+        self.requests.append(req)
+        return iter([[Event(0, self.text, "stop")]]), Usage()
+
+
+def test_the_page_handlers_run_without_gradio():
+    import asyncio
+
+    async def outputs(stream):
+        return [out async for out in stream]
+    backend = AnsweringBackend("Region [2] is the cat.")
+    page = W.Page(backend)
+    b = board_with()
+    b.sync_boxes([[1, 1, 10, 10], [20, 20, 30, 30]])
+    *_, (history, chat, status, preview, question) = asyncio.run(outputs(page.send("What is <region2>?", [], b, "m",
+                                                                                   0, 1, 8)))
+    assert history == [("user", "What is <region2>?"), ("assistant", "Region [2] is the cat.")]
+    assert chat[0]["content"] == "What is &lt;region2&gt;?" and status == "" and question == ""
+    assert b.highlight == [2] and preview.size == (64, 48)
+    [req] = backend.requests
+    assert [p.region for p in req.messages[0].parts if p.kind == "region"] == [{"box": [20, 20, 30, 30]}]
+    [(_, _, status, preview, question)] = asyncio.run(outputs(page.send("  ", [], b, "m", 0, 1, 8)))
+    assert status == "Type a question first." and preview is W.SKIP and question == "  "
+
+
 def upload(page, photo) -> None:
     """The photo into the mask editor, until the preview shows it: the editor drops a file given while its canvas
     is still initialising (the first page a fresh server serves), so a missed upload is tried again."""

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
 from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
+from rgpt_llava.mm_utils import region_references
 from rgpt_llava.prompt import build_prompt, check_conv_mode, with_image
 from rgpt_llava.regions.region import Region
+from rgpt_llava.serve.describe import DEFAULT_PROMPT, proposals
 from rgpt_llava.serve.engine import Sampling
-from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, split_alpha
+from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha
 
 PLACEHOLDER = re.compile(REGION_PLACEHOLDER_PATTERN)
 MAX_N = 16
@@ -357,9 +359,6 @@ def parse_describe_request(body: Any, sam=None, max_regions: int = MAX_REGIONS
                            ) -> Tuple[ChatRequest, List[Region]]:
     """``POST /v1/regions/describe``: the image, its regions (given, with SAM's prompts resolved by ``sam``, or
     proposed by ``sam``) and the per-region request that answers the prompt about each."""
-    from rgpt_llava.mm_utils import region_references
-    from rgpt_llava.serve.describe import DEFAULT_PROMPT, proposals
-    from rgpt_llava.serve.inputs import parse_regions
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     unknown = sorted(k for k in body if k not in DESCRIBE_KEYS)

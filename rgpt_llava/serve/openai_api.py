@@ -32,6 +32,7 @@ import uuid
 from typing import Optional
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
 
 from rgpt_llava.serve.backends import Backend, Usage, backend_from_args, collect
 from rgpt_llava.serve.chat import APIError, ChatRequest, bad_request, parse_chat_request, parse_describe_request
@@ -41,8 +42,7 @@ from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_mode
                                       check_at_least_one, check_listen_address)
 
 
-def error_response(e: APIError):
-    from fastapi.responses import JSONResponse
+def error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
@@ -98,7 +98,6 @@ class Routes:
         count = req.region_count() if req.per_region else req.n
         head = {"id": cid, "created": created, "model": model, "system_fingerprint": None}
         if req.stream:
-            from fastapi.responses import StreamingResponse
             return StreamingResponse(self.completion_events(head, events, usage, count, req.include_usage),
                                      media_type="text/event-stream")
         try:

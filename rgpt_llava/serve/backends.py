@@ -17,12 +17,7 @@ import io
 import json
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
-
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8
-    Protocol = object
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 from rgpt_llava.regions.rasterize import full_mask
 from rgpt_llava.regions.region import Region

@@ -42,13 +42,18 @@ def proposals(sam, image: Image.Image, max_regions: Optional[int] = None, **gene
     return regions
 
 
+def describe_prompt(prompt: str = DEFAULT_PROMPT, conv_mode: str = "vicuna_v1") -> str:
+    """The text every region is asked with: ``prompt`` as the one user turn on the image, in LLaVA's template."""
+    return build_prompt([("user", with_image(prompt))], conv_mode)
+
+
 def describe(engine: RegionEngine, image: Image.Image, regions: Sequence[Region], prompt: str = DEFAULT_PROMPT,
              conv_mode: str = "vicuna_v1", max_new_tokens: int = 64, batch_size: int = 32,
              progress: bool = True, ignore_eos: bool = False) -> List[str]:
     """One greedy answer to ``prompt`` (naming ``<region1>``) per region, ``batch_size`` regions per batch
     (``ignore_eos``: answers of exactly ``max_new_tokens`` tokens, for benchmarks)."""
     from tqdm import tqdm
-    text = build_prompt([("user", with_image(prompt))], conv_mode)
+    text = describe_prompt(prompt, conv_mode)
     answers = [""] * len(regions)
     bar = tqdm(total=len(regions), desc="describing", unit="region", disable=not progress, file=sys.stderr)
     for start in range(0, len(regions), batch_size):

@@ -123,6 +123,12 @@ def test_the_page_handlers_run_without_gradio():
     assert [p.region for p in req.messages[0].parts if p.kind == "region"] == [{"box": [20, 20, 30, 30]}]
     [(_, _, status, preview, question)] = asyncio.run(outputs(page.send("  ", [], b, "m", 0, 1, 8)))
     assert status == "Type a question first." and preview is W.SKIP and question == "  "
+    # describe everything: one answer per region drawn; without regions (and SAM), what to do first
+    described, listing, status = asyncio.run(page.describe(b, "Caption <region1>.", 16, 8, 4, 0.5, 0.5, "m"))
+    assert isinstance(described, W.Shown) and listing.count("<li") == 2 and status == ""
+    assert backend.requests[-1].per_region and backend.requests[-1].region_count() == 2
+    assert asyncio.run(page.describe(board_with(), "Caption <region1>.", 16, 8, 4, 0.5, 0.5, "m")) == (
+        W.SKIP, "", "Draw regions first (this page has no SAM to propose them).")
 
 
 def upload(page, photo) -> None:

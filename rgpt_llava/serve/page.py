@@ -290,7 +290,7 @@ class Choices:
 
 
 class PageError(ValueError):
-    """A bad input to the page's API (``/ask``), shown to the caller as it is."""
+    """What the user must do first, or a bad input to the page's API (``/ask``): shown as it is."""
 
 
 class Page:
@@ -394,11 +394,11 @@ class Page:
             return SKIP, "", "Upload a photo first."
         try:
             regions = await self._regions_to_describe(b, int(limit), int(side), float(iou), float(stable))
-            if isinstance(regions, str):
-                return SKIP, "", regions
             req = describe_request(b.photo, regions, prompt, int(tokens), model_name)
             events, _ = await run_on(self.executor, self.backend.start, req)
             texts, _ = await collect(self.executor, events, len(regions))
+        except PageError as e:
+            return SKIP, "", str(e)
         except (APIError, InputError) as e:
             return SKIP, "", f"**Not described:** {html.escape(message_for(e))}"
         texts = [t.strip() for t in texts]
@@ -407,15 +407,18 @@ class Page:
         return Shown(draw_outlines(b.photo, regions, texts)), listing, ""
 
     async def _regions_to_describe(self, b: Board, limit: int, side: int, iou: float, stable: float):
-        """The regions drawn (at most ``limit``), else SAM's proposals; a sentence when there are none."""
+        """The regions drawn (at most ``limit``), else SAM's proposals; a :class:`PageError` saying what to do when
+        there are none, an :class:`InputError` for a region that cannot be used."""
         if b.regions:
             items = [(given(r), f"region {n}") for n, r in enumerate(b.regions, 1)][:limit]
             return await self.with_sam(parse_regions, items, b.photo.size, MAX_REGIONS, b.photo, self.sam)
         if self.sam is None:
-            return "Draw regions first (this page has no SAM to propose them)."
+            raise PageError("Draw regions first (this page has no SAM to propose them).")
         regions = await self.with_sam(lambda: proposals(self.sam, b.photo, limit, points_per_side=side,
                                                         pred_iou_thresh=iou, stability_score_thresh=stable))
-        return regions or "SAM proposed no region above its thresholds: lower them, or draw."
+        if not regions:
+            raise PageError("SAM proposed no region above its thresholds: lower them, or draw.")
+        return regions
 
     # ---- chatting ----------------------------------------------------------------------------------------------------
     async def stream_answer(self, hist, b: Board, model_name, sampling: Sampling):

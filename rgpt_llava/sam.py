@@ -1,14 +1,11 @@
 """Clicks, scribbles and loose boxes become the masks RGPT pools, through SAM (transformers' ``SamModel``).
 
-Region prompts, accepted wherever regions are (CLI ``--region``, REGION JSON, the web page, ``process_regions``):
-
-* points -- ``point:x,y[,label][;x,y[,label]]...`` / ``{"points": [[x, y], ...], "labels": [1, 0, ...]}``: clicks in
-  the image's original pixels; label 1 (the default) is on the object, 0 is not (SAM's convention).
-* scribble -- ``scribble:FILE.png`` / ``{"scribble": PNG}``: a mask of the image's size whose nonzero pixels are brush
-  strokes. ``scribble_points`` stroke pixels (default 8) are drawn with a fixed seed and given to SAM as positive
-  clicks (Describe-Anything's recipe), so the same strokes always give the same mask.
-* snapped box -- ``{"box": [x1, y1, x2, y2], "snap": true}`` (CLI ``snap:x1,y1,x2,y2``): the box as SAM's box prompt,
-  refined to the object's outline.
+Region prompts are accepted wherever regions are (CLI ``--region``, REGION JSON, the web page, ``process_regions``).
+How each is written and checked -- points, scribbles, snapped boxes, and any prompt kind registered later -- is a
+row of the one kinds table, :data:`rgpt_llava.regions.kinds.KINDS` (``needs_sam=True``); ``--region``'s help and the
+REGION schema list them from there. This module runs SAM on the :class:`SamPrompt` a row makes. A scribble gives
+SAM ``scribble_points`` stroke pixels (default 8), drawn with a fixed seed, as positive clicks (Describe-Anything's
+recipe), so the same strokes always give the same mask.
 
 SAM answers every prompt with three candidate masks (``multimask_output``); the one with the highest predicted IoU is
 kept. That is SAM's own rule for an ambiguous single click, applied to every kind so one rule explains every mask.

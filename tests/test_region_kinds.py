@@ -155,7 +155,7 @@ def test_registration_refuses_clashes():
 # Imports
 # ----------------------------------------------------------------------------------------------------------------------
 REGION_MODULES = ["rgpt_llava/geometry.py", "rgpt_llava/sam.py", "rgpt_llava/serve/inputs.py",
-                  "rgpt_llava/serve/cli.py",
+                  "rgpt_llava/serve/cli.py", "rgpt_llava/serve/page.py",
                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rgpt_llava" / "regions").glob("*.py"))]
 
 
@@ -166,6 +166,22 @@ def test_no_private_names_imported(path):
                and node.module and node.module.startswith("rgpt_llava") for alias in node.names
                if alias.name.startswith("_")]
     assert private == []
+
+
+# convert.py is reworked on another branch (it imports rgpt_llava.model.builder._strip_prefixes); drop the entry
+# when that lands
+PRIVATE_IMPORTS_ELSEWHERE = {("rgpt_llava/convert.py", "rgpt_llava.model.builder._strip_prefixes")}
+
+
+def test_no_module_imports_another_modules_private_names():
+    """The whole package, as REGION_MODULES above: a name that starts with _ is its module's own."""
+    found = set()
+    for path in sorted((ROOT / "rgpt_llava").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        found |= {(str(path.relative_to(ROOT)), f"{node.module}.{alias.name}") for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rgpt_llava")
+                  for alias in node.names if alias.name.startswith("_")}
+    assert found - PRIVATE_IMPORTS_ELSEWHERE == set()
 
 
 def test_geometry_and_sam_do_not_import_each_other():

@@ -10,8 +10,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from starlette.testclient import TestClient
 
-from rgpt_llava.serve import openai_api as A
-from rgpt_llava.serve.describe import DEFAULT_PROMPT, describe, full_mask, main as describe_main
+from rgpt_llava.regions.rasterize import full_mask
+from rgpt_llava.serve import backends as B, chat as C, openai_api as A
+from rgpt_llava.serve.describe import DEFAULT_PROMPT, describe, main as describe_main
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 
 POINTS = {"points": [[200, 150], [40, 40]], "labels": [1, 0]}
@@ -24,14 +25,14 @@ def engine(tiny_rgpt_dir, tiny_sam_dir):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(A.build_app(A.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
+    with TestClient(A.build_app(B.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def bare_client(tiny_rgpt_dir):
     engine = RegionEngine.load(tiny_rgpt_dir, device="cpu", name="tiny-rgpt")
-    with TestClient(A.build_app(A.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
+    with TestClient(A.build_app(B.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
         yield c
 
 
@@ -136,14 +137,14 @@ def test_describe_endpoint_refuses_bad_requests(bare_client, photo, patch, param
 
 
 def test_the_controller_path_forwards_the_mask_sam_made(engine, photo):
-    backend = A.ControllerBackend("http://127.0.0.1:9", "vicuna_v1", sam=engine.sam)
-    region = backend._resolved(POINTS, "messages[0].content[2].region", photo)
-    sent = A._region_json(region)
+    backend = B.ControllerBackend("http://127.0.0.1:9", "vicuna_v1", sam=engine.sam)
+    region = backend.resolve(POINTS, "messages[0].content[2].region", photo)
+    sent = B.worker_region(region)
     png = Image.open(io.BytesIO(base64.b64decode(sent["mask"].split(",", 1)[1])))
     assert np.array_equal(np.asarray(png) > 0, full_mask(engine.sam.region(POINTS, 0, photo), 451, 300))
-    assert backend._resolved({"box": [1, 2, 3, 4]}, "p", photo) == {"box": [1, 2, 3, 4]}
-    with pytest.raises(A.APIError, match="point 1 \\(900, 10\\) lies outside"):
-        backend._resolved({"points": [[900, 10]]}, "p", photo)
+    assert backend.resolve({"box": [1, 2, 3, 4]}, "p", photo) == {"box": [1, 2, 3, 4]}
+    with pytest.raises(C.APIError, match="point 1 \\(900, 10\\) lies outside"):
+        backend.resolve({"points": [[900, 10]]}, "p", photo)
 
 
 def test_the_worker_resolves_prompts_with_its_sam(engine, photo, monkeypatch, tmp_path):
@@ -181,8 +182,9 @@ def test_describe_cli_writes_json_and_png(capsys, tmp_path, tiny_rgpt_dir, tiny_
     assert picture.width == 451 and picture.height == 300 + 6 + 14 * 3
     # a region's outline is drawn in its colour on its edge, 2 px wide, with a light fill inside
     from rgpt_llava.geometry import parse_region
-    from rgpt_llava.serve.describe import COLOURS, render
-    alone = render(photo, [parse_region({"box": [10, 20, 110, 220]}, 0, photo.size)], ["a cat"])
+    from rgpt_llava.serve.describe import draw_outlines
+    from rgpt_llava.serve.palette import RGB as COLOURS
+    alone = draw_outlines(photo, [parse_region({"box": [10, 20, 110, 220]}, 0, photo.size)], ["a cat"])
     assert alone.size == (451, 300 + 6 + 14)
     assert alone.getpixel((10, 100)) == alone.getpixel((11, 100)) == COLOURS[0]
     inside = np.asarray(photo, np.float32)[100, 50] * 0.75 + np.asarray(COLOURS[0], np.float32) * 0.25

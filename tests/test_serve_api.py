@@ -13,7 +13,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from rgpt_llava.geometry import parse_region
-from rgpt_llava.serve import openai_api as A
+from rgpt_llava.serve import backends as B, chat as C, openai_api as A
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 
 QUESTION = "What is <region1> next to <region2>?"
@@ -26,7 +26,7 @@ def engine(tiny_rgpt_dir):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(A.build_app(A.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
+    with TestClient(A.build_app(B.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as c:
         yield c
 
 
@@ -60,7 +60,7 @@ def chat(client, messages, **kw):
 
 
 def engine_answer(engine, photo, prompt_turns, specs, max_new_tokens=8):
-    prompt = A.conversation_prompt(prompt_turns, None, "vicuna_v1")
+    prompt = C.conversation_prompt(prompt_turns, None, "vicuna_v1")
     regs = [parse_region(s, k, photo.size) for k, s in enumerate(specs)]
     return engine.answer(engine.prepare(photo, [(prompt, regs)], Sampling(temperature=0,
                                                                           max_new_tokens=max_new_tokens)))[0]

@@ -294,7 +294,7 @@ def test_the_api_serves_a_siglip_rgpt_as_its_engine_answers(siglip_rgpt_dir, ima
     from starlette.testclient import TestClient
 
     from rgpt_llava.geometry import parse_region
-    from rgpt_llava.serve import openai_api as A
+    from rgpt_llava.serve import backends as B, chat as C, openai_api as A
     from rgpt_llava.serve.engine import RegionEngine, Sampling
     from test_serve_api import data_url, image_part, region, user
 
@@ -304,13 +304,13 @@ def test_the_api_serves_a_siglip_rgpt_as_its_engine_answers(siglip_rgpt_dir, ima
     question = "What is <region1> next to <region2>?"
     mask = Image.new("L", photo.size)
     mask.paste(255, (100, 50, 300, 200))
-    with TestClient(A.build_app(A.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as client:
+    with TestClient(A.build_app(B.LocalBackend(engine, "vicuna_v1"), max_regions=8)) as client:
         r = client.post("/v1/chat/completions", json={
             "model": "tiny-siglip-rgpt", "temperature": 0, "max_tokens": 8,
             "messages": [user(image_part(photo), question, region({"box": [10, 20, 110, 220]}),
                               region({"mask": data_url(mask)}))]})
     assert r.status_code == 200, r.text
-    prompt = A.conversation_prompt([("user", "<image>\n" + question)], None, "vicuna_v1")
+    prompt = C.conversation_prompt([("user", "<image>\n" + question)], None, "vicuna_v1")
     regions = [parse_region(s, k, photo.size) for k, s in enumerate(["box:10,20,110,220", "box:100,50,300,200"])]
     expected = engine.answer(engine.prepare(photo, [(prompt, regions)], Sampling(temperature=0, max_new_tokens=8)))[0]
     assert r.json()["choices"][0]["message"]["content"] == expected

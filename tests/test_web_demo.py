@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rgpt_llava.serve import gradio_web_server as W
+from rgpt_llava.serve import page as W
 from rgpt_llava.serve.engine import Sampling
 
 from servers import Servers, free_port
@@ -89,6 +89,48 @@ def test_answers_name_regions():
     assert W.named_regions("region 1 is left of <region3>; region 9 does not exist", 3) == [1, 3]
 
 
+class AnsweringBackend:
+    """A backend (rgpt_llava.serve.backends.Backend) that answers every request with one text, keeping the request."""
+    executor, sam = None, None
+
+    def __init__(self, text: str):
+        self.text, self.requests = text, []
+
+    def models(self):
+        return ["m"]
+
+    def start(self, req):
+        from rgpt_llava.serve.backends import Event, Usage
+        self.requests.append(req)
+        return iter([[Event(0, self.text, "stop")]]), Usage()
+
+
+def test_the_page_handlers_run_without_gradio():
+    import asyncio
+
+    async def outputs(stream):
+        return [out async for out in stream]
+    backend = AnsweringBackend("Region [2] is the cat.")
+    page = W.Page(backend)
+    b = board_with()
+    b.sync_boxes([[1, 1, 10, 10], [20, 20, 30, 30]])
+    *_, (history, chat, status, preview, question) = asyncio.run(outputs(page.send("What is <region2>?", [], b, "m",
+                                                                                   0, 1, 8)))
+    assert history == [("user", "What is <region2>?"), ("assistant", "Region [2] is the cat.")]
+    assert chat[0]["content"] == "What is &lt;region2&gt;?" and status == "" and question == ""
+    assert b.highlight == [2] and preview.size == (64, 48)
+    [req] = backend.requests
+    assert [p.region for p in req.messages[0].parts if p.kind == "region"] == [{"box": [20, 20, 30, 30]}]
+    [(_, _, status, preview, question)] = asyncio.run(outputs(page.send("  ", [], b, "m", 0, 1, 8)))
+    assert status == "Type a question first." and preview is W.SKIP and question == "  "
+    # describe everything: one answer per region drawn; without regions (and SAM), what to do first
+    described, listing, status = asyncio.run(page.describe(b, "Caption <region1>.", 16, 8, 4, 0.5, 0.5, "m"))
+    assert isinstance(described, W.Shown) and listing.count("<li") == 2 and status == ""
+    assert backend.requests[-1].per_region and backend.requests[-1].region_count() == 2
+    assert asyncio.run(page.describe(board_with(), "Caption <region1>.", 16, 8, 4, 0.5, 0.5, "m")) == (
+        W.SKIP, "", "Draw regions first (this page has no SAM to propose them).")
+
+
 def upload(page, photo) -> None:
     """The photo into the mask editor, until the preview shows it: the editor drops a file given while its canvas
     is still initialising (the first page a fresh server serves), so a missed upload is tried again."""
@@ -135,7 +177,7 @@ def web(tmp_path, real_tok_rgpt_dir, images_dir):
 def engine_answer(tiny_rgpt_dir, photo: Image.Image, question: str, regions_json: str, max_new_tokens=256) -> str:
     from rgpt_llava.serve.engine import RegionEngine
     from rgpt_llava.serve.inputs import parse_regions
-    from rgpt_llava.serve.openai_api import conversation_prompt
+    from rgpt_llava.serve.chat import conversation_prompt
     engine = RegionEngine.load(tiny_rgpt_dir, device="cpu")
     regions = parse_regions([(r, f"r{k}") for k, r in enumerate(json.loads(regions_json))], photo.size)
     prompt = conversation_prompt([("user", "<image>\n" + question)], None, "vicuna_v1")
@@ -303,7 +345,7 @@ def test_sam_on_the_page_in_a_real_browser(sam_web, real_tok_rgpt_dir, tiny_sam_
 
     # gradio_client: clicks as REGION JSON, answered as with the mask SAM makes of them
     from rgpt_llava.sam import SamPrompter
-    from rgpt_llava.serve.describe import full_mask
+    from rgpt_llava.regions.rasterize import full_mask
     pil = Image.open(photo).convert("RGB")
     made = full_mask(SamPrompter(tiny_sam_dir, "cpu").region({"points": [[200, 150]]}, 0, pil), *pil.size)
     from pycocotools import mask as mask_utils

@@ -326,10 +326,10 @@ def region_schema() -> dict:
 def parse_region(spec: Any, index: int, image_size: tuple) -> Region:
     """Parse one user region against an image of ``image_size = (width, height)`` (PIL's ``.size``).
 
-    Accepted ``spec`` forms: a CLI spec ``'kind:...'`` or a dict ``{key: ...}`` of a kind in :data:`KINDS` (when a
-    dict holds several kinds' keys the highest ``rank`` wins: segmentation > mask > rle > polygon > box > bbox, so a
-    COCO annotation means its segmentation); a list / tuple / 1-D array of 4 numbers: a box ``[x1,y1,x2,y2]``; a 2-D
-    numpy array, torch tensor or PIL image: a mask; a :class:`Region` is returned unchanged.
+    Accepted ``spec`` forms: a CLI spec ``'kind:...'`` or a dict ``{key: ...}`` of a kind in :data:`KINDS` (the
+    table is the list: :func:`spec_help` writes it out; when a dict holds several kinds' keys the highest ``rank``
+    wins, so a COCO annotation means its segmentation); a list / tuple / 1-D array of 4 numbers: a box
+    ``[x1,y1,x2,y2]``; a 2-D numpy array, torch tensor or PIL image: a mask; a :class:`Region` is returned unchanged.
 
     Raises ``ValueError`` (``FileNotFoundError`` for missing files) naming the region and the problem; a prompt for
     SAM is :class:`rgpt_llava.regions.prompts.SamRequired` (``process_regions(..., image=, sam=)`` resolves them)."""

@@ -1,4 +1,5 @@
-"""Region builders: checked coordinates, boxes, masks, COCO polygons and RLE -> :class:`Region`.
+"""Region builders: checked coordinates, boxes, masks, COCO polygons and RLE -> :class:`Region`, and back
+(:func:`full_mask`: a region as a mask of the whole image, for drawing it and for sending it as a mask).
 
 The kinds of :mod:`rgpt_llava.regions.kinds` parse their spec with these; a new kind that rasterises itself hands its
 full-image values to :func:`values_region`. Every error names the region (``region N (spec)``) and the problem.
@@ -19,6 +20,14 @@ from rgpt_llava.regions.region import Region, describe_spec, is_pil_image
 # them silently is friendlier than an error. Anything further out is almost certainly a wrong coordinate system
 # (another image, normalised coordinates scaled wrongly, [x, y, w, h] read as corners) and must be reported.
 BOX_TOLERANCE_PX = 1.0
+
+
+def full_mask(region: Region, width: int, height: int) -> np.ndarray:
+    """The region as a bool mask of the whole ``width`` x ``height`` image: the pixels it covers at all."""
+    values, (x0, y0) = region.rasterize(width, height)
+    mask = np.zeros((height, width), bool)
+    mask[y0:y0 + values.shape[0], x0:x0 + values.shape[1]] = values > 0
+    return mask
 
 
 def region_name(index: int, source: str) -> str:

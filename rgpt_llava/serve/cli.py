@@ -11,22 +11,20 @@ names the N-th.
 import argparse
 import sys
 
-import torch
-
-from rgpt_llava.regions.kinds import cli_help, needs_sam, parse_region
-from rgpt_llava.sam import SamPrompter
 from rgpt_llava.mm_utils import check_region_references
-from rgpt_llava.model.builder import CheckpointError
 from rgpt_llava.prompt import check_conv_mode, question_answer_prompt, roles
+from rgpt_llava.regions.kinds import cli_help, needs_sam
 from rgpt_llava.serve.engine import RegionEngine, Sampling
-from rgpt_llava.serve.inputs import load_image_file
+from rgpt_llava.serve.inputs import load_image_file, parse_regions
+from rgpt_llava.serve.options import StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam
 
 
 def describe_regions(regions):
     lines = []
     for r in regions:
         box = ", ".join(f"{v:g}" for v in r.box)
-        made = f" made by SAM from {r.source[len('SAM, '):]} (predicted IoU {r.score:.2f})" if r.score is not None else ""
+        made = (f" made by SAM from {r.source[len('SAM, '):]} (predicted IoU {r.score:.2f})" if r.score is not None
+                else "")
         lines.append(f"  region {r.index + 1}: {r.kind}{made}, box [{box}]")
     return "\n".join(lines)
 
@@ -56,24 +54,16 @@ class RegionChat:
 
 
 def build_parser():
-    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--model-base", default=None)
+    add_model_flags(p, "a local SAM folder (facebook/sam-vit-base or -huge): turns point / scribble / snap prompts "
+                       "into masks")
     p.add_argument("--image-file", required=True)
-    p.add_argument("--region", action="append", default=[], metavar="SPEC",
-                   help=cli_help())
-    p.add_argument("--sam-model", default=None, metavar="PATH",
-                   help="a local SAM folder (facebook/sam-vit-base or -huge): turns point / scribble / snap prompts "
-                        "into masks")
+    p.add_argument("--region", action="append", default=[], metavar="SPEC", help=cli_help())
     p.add_argument("--query", default=None, help="one question; without it, an interactive chat")
-    p.add_argument("--conv-mode", default="vicuna_v1")
-    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    add_conv_mode_flag(p)
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (with --temperature > 0)")
-    p.add_argument("--load-8bit", action="store_true")
-    p.add_argument("--load-4bit", action="store_true")
     return p
 
 
@@ -82,17 +72,16 @@ def main(argv=None):
     try:
         # EXIF orientation applied: a region drawn on a phone photo lands where the viewer showed it.
         image = load_image_file(args.image_file).convert("RGB")
-        # Parse regions before loading the model: bad input fails in a second, not after minutes of loading.
-        sam = None
-        if args.sam_model and any(needs_sam(spec) for spec in args.region):
-            sam = SamPrompter(args.sam_model, args.device)
-        regions = [sam.region(spec, i, image) if sam and needs_sam(spec) else parse_region(spec, i, image.size)
-                   for i, spec in enumerate(args.region)]
+        # Parse regions before loading the model: bad input fails in a second, not after minutes of loading. SAM is
+        # loaded only for a prompt that needs it.
+        sam = load_sam(args) if any(needs_sam(spec) for spec in args.region) else None
+        regions = parse_regions([(spec, None) for spec in args.region], image.size, max(len(args.region), 1),
+                                image=image, sam=sam, cli=True)
         if args.query is not None:
             check_region_references(args.query, len(regions), require_all=True)
-        engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit)
+        engine = load_engine(args, sam_model=None)
         chat = RegionChat(engine, image, regions, args.conv_mode, args.temperature, args.max_new_tokens, args.seed)
-    except (ValueError, FileNotFoundError, CheckpointError, NotImplementedError) as e:
+    except (ValueError, StartupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"image: {args.image_file} ({image.size[0]}x{image.size[1]}), {len(regions)} region(s):")

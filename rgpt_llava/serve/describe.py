@@ -17,26 +17,18 @@ import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from rgpt_llava.prompt import build_prompt, with_image
-from rgpt_llava.geometry import Region, parse_region
+from rgpt_llava.regions.kinds import parse_region
+from rgpt_llava.regions.rasterize import full_mask
+from rgpt_llava.regions.region import Region
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError, load_image_file, parse_regions
+from rgpt_llava.serve.options import StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam
+from rgpt_llava.serve.palette import rgb_colour
 
 DEFAULT_PROMPT = "Provide a brief caption for the area indicated by <region1>."   # Table 21, as the caption eval
-COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
-           (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0)]
-
-
-def full_mask(region: Region, width: int, height: int) -> np.ndarray:
-    """The region as a bool mask of the whole image (pixels it covers at all)."""
-    values, (x0, y0) = region.rasterize(width, height)
-    mask = np.zeros((height, width), bool)
-    mask[y0:y0 + values.shape[0], x0:x0 + values.shape[1]] = values > 0
-    return mask
 
 
 def proposals(sam, image: Image.Image, max_regions: Optional[int] = None, **generation) -> List[Region]:
@@ -50,13 +42,18 @@ def proposals(sam, image: Image.Image, max_regions: Optional[int] = None, **gene
     return regions
 
 
+def describe_prompt(prompt: str = DEFAULT_PROMPT, conv_mode: str = "vicuna_v1") -> str:
+    """The text every region is asked with: ``prompt`` as the one user turn on the image, in LLaVA's template."""
+    return build_prompt([("user", with_image(prompt))], conv_mode)
+
+
 def describe(engine: RegionEngine, image: Image.Image, regions: Sequence[Region], prompt: str = DEFAULT_PROMPT,
              conv_mode: str = "vicuna_v1", max_new_tokens: int = 64, batch_size: int = 32,
              progress: bool = True, ignore_eos: bool = False) -> List[str]:
     """One greedy answer to ``prompt`` (naming ``<region1>``) per region, ``batch_size`` regions per batch
     (``ignore_eos``: answers of exactly ``max_new_tokens`` tokens, for benchmarks)."""
     from tqdm import tqdm
-    text = build_prompt([("user", with_image(prompt))], conv_mode)
+    text = describe_prompt(prompt, conv_mode)
     answers = [""] * len(regions)
     bar = tqdm(total=len(regions), desc="describing", unit="region", disable=not progress, file=sys.stderr)
     for start in range(0, len(regions), batch_size):
@@ -72,7 +69,8 @@ def describe(engine: RegionEngine, image: Image.Image, regions: Sequence[Region]
     return [a.strip() for a in answers]
 
 
-def records(regions: Sequence[Region], texts: Sequence[str], width: int, height: int) -> List[dict]:
+def region_records(regions: Sequence[Region], texts: Sequence[str], width: int, height: int) -> List[dict]:
+    """Per region and its answer: what ``--out`` and the API's ``/v1/regions/describe`` report (masks as COCO RLE)."""
     from pycocotools import mask as mask_utils
     out = []
     for region, text in zip(regions, texts):
@@ -94,12 +92,12 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def render(image: Image.Image, regions: Sequence[Region], texts: Sequence[str]) -> Image.Image:
+def draw_outlines(image: Image.Image, regions: Sequence[Region], texts: Sequence[str]) -> Image.Image:
     """The photo with each region's outline (2 px, its colour, a light fill) and number, above a legend of answers."""
     width, height = image.size
     canvas = np.asarray(image.convert("RGB")).astype(np.float32)
     for k, region in enumerate(regions):
-        colour = np.array(COLOURS[k % len(COLOURS)], np.float32)
+        colour = np.array(rgb_colour(k + 1), np.float32)
         mask = full_mask(region, width, height)
         canvas[mask] = 0.75 * canvas[mask] + 0.25 * colour
         edge = _outline(mask)
@@ -113,7 +111,7 @@ def render(image: Image.Image, regions: Sequence[Region], texts: Sequence[str]) 
     per_line = max(8, (width - 30) // 6)
     for k, text in enumerate(texts):
         y = 3 + k * line
-        draw.rectangle([4, y + 2, 14, y + 11], fill=COLOURS[k % len(COLOURS)])
+        draw.rectangle([4, y + 2, 14, y + 11], fill=rgb_colour(k + 1))
         caption = f"{k + 1}: {text}"
         draw.text((20, y), caption if len(caption) <= per_line else caption[:per_line - 3] + "...", fill=(0, 0, 0),
                   font=font)
@@ -122,7 +120,7 @@ def render(image: Image.Image, regions: Sequence[Region], texts: Sequence[str]) 
     for k, region in enumerate(regions):
         x, y = int(region.box[0]), int(region.box[1])
         label = str(k + 1)
-        draw.rectangle([x, y, x + 7 * len(label) + 3, y + 12], fill=COLOURS[k % len(COLOURS)])
+        draw.rectangle([x, y, x + 7 * len(label) + 3, y + 12], fill=rgb_colour(k + 1))
         draw.text((x + 2, y), label, fill=(0, 0, 0), font=font)
     out = Image.new("RGB", (width, height + legend.height), (255, 255, 255))
     out.paste(photo, (0, 0))
@@ -145,52 +143,38 @@ def load_region_file(path: str) -> list:
 
 
 def build_parser():
-    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--model-base", default=None)
+    add_model_flags(p, "a local SAM folder: proposes the regions (without --regions) and resolves prompts in them")
     p.add_argument("--image-file", required=True)
-    p.add_argument("--sam-model", default=None, metavar="PATH",
-                   help="a local SAM folder: proposes the regions (without --regions) and resolves prompts in them")
     p.add_argument("--regions", default=None, metavar="FILE.json", help="a JSON list of REGION objects to describe")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question for each region; names it as <region1>")
     p.add_argument("--max-regions", type=int, default=64, help="describe at most this many regions (default 64)")
     p.add_argument("--out", default=None, metavar="OUT.json", help="write the regions and answers here")
     p.add_argument("--png", default=None, metavar="OUT.png", help="write the outlined, numbered picture here")
-    p.add_argument("--conv-mode", default="vicuna_v1")
+    add_conv_mode_flag(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32, help="regions decoded together")
     p.add_argument("--points-per-side", type=int, default=32, help="SAM's proposal grid (points per side)")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="SAM proposals below this predicted IoU go")
     p.add_argument("--stability-score-thresh", type=float, default=0.95, help="SAM proposals less stable go")
-    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--load-4bit", action="store_true")
-    p.add_argument("--load-8bit", action="store_true")
     return p
 
 
 def main(argv=None) -> int:
+    from rgpt_llava.mm_utils import region_references
+    from rgpt_llava.paths import parse_args_checked
+    from rgpt_llava.serve.options import check_at_least_one
     p = build_parser()
-    args = p.parse_args(argv)
-    for flag in ("max_regions", "max_new_tokens", "batch_size", "points_per_side"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    args = parse_args_checked(p, argv, outputs=("out", "png"))
+    check_at_least_one(p, args, "max_regions", "max_new_tokens", "batch_size", "points_per_side")
     if not args.regions and not args.sam_model:
         p.error("give the regions: --sam-model PATH (SAM proposes them) or --regions FILE.json")
-    from rgpt_llava.paths import output_clash
-    clash = output_clash({"--out": args.out, "--png": args.png}, {"--image-file": args.image_file,
-                                                                  "--regions": args.regions})
-    if clash:
-        p.error(clash)
-    from rgpt_llava.mm_utils import region_references
-    from rgpt_llava.model.builder import CheckpointError
-    from rgpt_llava.sam import SamPrompter
     try:
         if sorted(set(region_references(args.prompt))) != [0]:
             raise InputError("the prompt must name the one region as <region1> (or <region>), e.g. "
                              f"{DEFAULT_PROMPT!r}", "--prompt")
         image = load_image_file(args.image_file).convert("RGB")
-        sam = SamPrompter(args.sam_model, args.device) if args.sam_model else None
+        sam = load_sam(args)
         if args.regions:
             items = load_region_file(args.regions)
             if len(items) > args.max_regions:
@@ -206,15 +190,15 @@ def main(argv=None) -> int:
             if not regions:
                 raise InputError("SAM proposed no region above the thresholds; lower --pred-iou-thresh / "
                                  "--stability-score-thresh or give --regions", "--sam-model")
-        engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
-                                   max_regions=1)
+        # SAM is done with (the regions are masks now); the engine answers one region per prompt
+        engine = load_engine(args, max_regions=1, sam_model=None)
         texts = describe(engine, image, regions, args.prompt, args.conv_mode, args.max_new_tokens, args.batch_size)
-    except (ValueError, FileNotFoundError, CheckpointError, NotImplementedError) as e:
+    except (ValueError, FileNotFoundError, StartupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     width, height = image.size
     result = {"image": args.image_file, "width": width, "height": height, "prompt": args.prompt,
-              "regions": records(regions, texts, width, height)}
+              "regions": region_records(regions, texts, width, height)}
     for r in result["regions"]:
         print(f"region {r['index']} [{', '.join(f'{v:g}' for v in r['box'])}]: {r['text']}")
     if args.out:
@@ -222,7 +206,7 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=1)
         print(f"wrote {args.out}")
     if args.png:
-        render(image, regions, texts).save(args.png)
+        draw_outlines(image, regions, texts).save(args.png)
         print(f"wrote {args.png}")
     return 0
 

@@ -1,5 +1,6 @@
-"""The one generation core of the interactive entry points: the CLI's chat, the model worker, the OpenAI-style API
-and the web page all answer through :class:`RegionEngine`.
+"""The one generation core of the interactive entry points: the CLI's chat, ``describe``, the model worker, the
+OpenAI-style API and the web page all answer through :class:`RegionEngine` (image + parsed regions + prompt ->
+:meth:`RegionEngine.prepare` -> :meth:`RegionEngine.generate`).
 
 A request is checked completely by :meth:`RegionEngine.prepare` (image, regions, placeholders, context length) before
 anything is generated, so a server can answer a bad one with a 4xx instead of a broken stream. :meth:`generate` then

@@ -1,9 +1,10 @@
 """What a request carries, decoded and checked before the model sees it: images and REGION JSON.
 
-Every interactive entry point (the CLI, the model worker, the OpenAI-style API, the web page) reads its images and
-regions through here, and regions then through :func:`rgpt_llava.geometry.parse_region` -- the same code as training
-and evaluation. Problems are :class:`InputError` (a ``ValueError``) naming the item (``param``) and what is wrong;
-the servers answer them with a 4xx.
+Every interactive entry point (the CLI, ``describe``, the model worker, the OpenAI-style API, the web page) reads its
+images and regions through here -- regions through :func:`parse_regions`, then the kinds table's
+:func:`rgpt_llava.regions.kinds.parse_region`, the same code as training and evaluation. Problems are
+:class:`InputError` (a ``ValueError``) naming the item (``param``) and what is wrong; the servers answer them with a
+4xx.
 
 * Images: base64, a ``data:image/...;base64,`` URL, or (CLI) a file. EXIF orientation is applied
   (``ImageOps.exif_transpose``) because people draw regions on photos as their viewer shows them, and viewers apply
@@ -16,6 +17,7 @@ the servers answer them with a 4xx.
   server never reads files named by a client).
 """
 import base64
+import dataclasses
 import binascii
 import functools
 import io
@@ -197,25 +199,34 @@ def region_spec(obj: Any, param: str) -> Any:
     return obj
 
 
-def parse_regions(items: Sequence[Tuple[Any, str]], image_size: Tuple[int, int],
-                  max_regions: int = MAX_REGIONS, image: Optional[Image.Image] = None, sam=None) -> List[Region]:
-    """``items``: (spec, param) pairs, numbered 1.. in order; specs are REGION JSON, a decoded mask image or a
-    :class:`Region`. Each is parsed against the image by :func:`rgpt_llava.geometry.parse_region`; prompts for SAM
-    are resolved by ``sam`` (a :class:`rgpt_llava.sam.SamPrompter`) on ``image``."""
+def parse_regions(items: Sequence[Tuple[Any, Optional[str]]], image_size: Tuple[int, int],
+                  max_regions: int = MAX_REGIONS, image: Optional[Image.Image] = None, sam=None,
+                  cli: bool = False) -> List[Region]:
+    """The one region parser of every entry point. ``items``: (spec, param) pairs, numbered 1.. in order; specs are
+    REGION JSON, a decoded mask image or a :class:`Region` (renumbered to its place), and with ``cli`` also the CLI's
+    text specs (``box:x1,y1,x2,y2``, ``mask:FILE.png``: they may read files, so only the local user's, never a
+    client's). Each is parsed against the image by :func:`rgpt_llava.regions.kinds.parse_region`; prompts for SAM
+    are resolved by ``sam`` (a :class:`rgpt_llava.sam.SamPrompter`) on ``image``. Problems are :class:`InputError`
+    naming ``param``."""
     if len(items) > max_regions:
         raise InputError(f"{len(items)} regions in one request; the limit is {max_regions} (the server's "
                          f"--max-regions)", items[max_regions][1])
     regions = []
     for k, (spec, param) in enumerate(items):
-        if not isinstance(spec, (Region, Image.Image)):
+        text = cli and isinstance(spec, str)
+        if isinstance(spec, Region):
+            # a region parsed earlier (a mask SAM made, the page's) keeps its pixels; its number is its place here
+            regions.append(spec if spec.index == k else dataclasses.replace(spec, index=k))
+            continue
+        if not text and not isinstance(spec, Image.Image):
             spec = region_spec(spec, param)
         try:
-            if needs_sam(spec):
-                if sam is None or image is None:
-                    raise require_sam(f"region {k + 1}", "this REGION")
+            if needs_sam(spec) and sam is not None and image is not None:
                 regions.append(sam.region(spec, k, image))
+            elif needs_sam(spec) and not text:
+                raise require_sam(f"region {k + 1}", "this REGION")   # its param names where it is
             else:
-                regions.append(parse_region(spec, k, image_size))
+                regions.append(parse_region(spec, k, image_size))   # a text spec without SAM: refused naming itself
         except (ValueError, FileNotFoundError) as e:
             raise InputError(str(e), param) from None
     return regions

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 # LLaVA's worker module redirects stdout / stderr into its logger when imported (its log file is still written);
 # keep this process's own streams.
@@ -35,8 +35,11 @@ sys.stdout, sys.stderr = _streams
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL  # noqa: E402
 
+from rgpt_llava.serve.chat import ParamError, flag, number, stops  # noqa: E402
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling, iterate_on, run_on  # noqa: E402
-from rgpt_llava.serve.inputs import MAX_REGIONS, InputError, decode_image, parse_regions, split_alpha  # noqa: E402
+from rgpt_llava.serve.inputs import InputError, decode_image, parse_regions, split_alpha  # noqa: E402
+from rgpt_llava.serve.options import (StartupError, add_model_flags, add_server_flags, check_at_least_one,  # noqa: E402
+                                      check_listen_address, load_engine, served_name)
 
 MAX_NEW_TOKENS_CAP = 1024   # LLaVA's worker caps max_new_tokens at 1024 too
 
@@ -46,7 +49,8 @@ def _chunk(obj: dict) -> bytes:
 
 
 def parse_params(engine: RegionEngine, params) -> Tuple[Job, str]:
-    """LLaVA's worker params (plus ``regions``, ``seed``) -> a checked job and the prompt echoed in every chunk."""
+    """LLaVA's worker params (plus ``regions``, ``seed``) -> a checked job and the prompt echoed in every chunk.
+    The params are written by :func:`rgpt_llava.serve.backends.worker_params` (or any LLaVA client)."""
     if not isinstance(params, dict):
         raise InputError("the request body must be a JSON object (LLaVA's worker params)")
     prompt = params.get("prompt")
@@ -72,46 +76,19 @@ def parse_params(engine: RegionEngine, params) -> Tuple[Job, str]:
     for k, region in enumerate(regions[0] if regions else []):
         items.append((region, f"regions[0][{k}]"))
     parsed = parse_regions(items, image.size, engine.max_regions, image=image, sam=engine.sam) if items else []
-    sampling = Sampling(temperature=_number(params, "temperature", 1.0, 0.0, 100.0),
-                        top_p=_number(params, "top_p", 1.0, 0.0, 1.0),
-                        max_new_tokens=min(int(_number(params, "max_new_tokens", 256, 1, 1e9)), MAX_NEW_TOKENS_CAP),
-                        stop=_stops(params.get("stop")), seed=_seed(params.get("seed")),
-                        ignore_eos=_flag(params, "ignore_eos"))
-    return engine.prepare(image, [(prompt, parsed)], sampling, param="prompt"), prompt
+    return engine.prepare(image, [(prompt, parsed)], sampling_of(params), param="prompt"), prompt
 
 
-def _number(params: dict, key: str, default: float, lo: float, hi: float) -> float:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise InputError(f"expected a number in [{lo:g}, {hi:g}], got {value!r}", key)
-    return float(value)
-
-
-def _flag(params: dict, key: str) -> bool:
-    value = params.get(key, False)
-    if not isinstance(value, bool):
-        raise InputError(f"expected true or false, got {value!r}", key)
-    return value
-
-
-def _stops(stop) -> Tuple[str, ...]:
-    if stop is None:
-        return ()
-    if isinstance(stop, str):
-        return (stop,)
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return tuple(stop)
-    raise InputError("expected a string or a list of strings", "stop")
-
-
-def _seed(seed) -> Optional[int]:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"expected an integer, got {seed!r}", "seed")
-    return seed
+def sampling_of(params: dict) -> Sampling:
+    """The params' sampling, checked by the API's checks (:mod:`rgpt_llava.serve.chat`), refused in LLaVA's words."""
+    try:
+        return Sampling(temperature=float(number(params, "temperature", 1.0, 0.0, 100.0)),
+                        top_p=float(number(params, "top_p", 1.0, 0.0, 1.0)),
+                        max_new_tokens=min(int(number(params, "max_new_tokens", 256, 1, 1e9)), MAX_NEW_TOKENS_CAP),
+                        stop=stops(params), seed=number(params, "seed", None, integer=True),
+                        ignore_eos=flag(params, "ignore_eos"))
+    except ParamError as e:
+        raise InputError(e.expected_got(got=e.param != "stop"), e.param) from None
 
 
 class RegionModelWorker(llava_worker.ModelWorker):
@@ -217,45 +194,23 @@ def build_app(worker: RegionModelWorker):
 
 
 def main(argv=None) -> int:
-    from rgpt_llava.model.builder import device_arg
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=21002)
+    add_model_flags(p, "a local SAM folder: accept points, scribbles and snapped boxes as regions")
+    add_server_flags(p, port=21002)
     p.add_argument("--worker-address", default=None, help="the URL the controller reaches this worker at "
                                                            "(default http://HOST:PORT)")
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--model-base", default=None)
-    p.add_argument("--model-name", default=None, help="the name clients ask for (default: the checkpoint folder's)")
-    p.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--load-8bit", action="store_true")
-    p.add_argument("--load-4bit", action="store_true")
     p.add_argument("--limit-model-concurrency", type=int, default=5)
-    p.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
-    p.add_argument("--sam-model", default=None, metavar="PATH",
-                   help="a local SAM folder: accept points, scribbles and snapped boxes as regions")
     p.add_argument("--no-register", action="store_true", help="serve without a controller")
     args = p.parse_args(argv)
-    if args.limit_model_concurrency < 1:
-        p.error(f"--limit-model-concurrency must be at least 1, got {args.limit_model_concurrency}")
-    if args.max_regions < 1:
-        p.error(f"--max-regions must be at least 1, got {args.max_regions}")
-    from rgpt_llava.model.builder import CheckpointError
-    from rgpt_llava.serve.engine import model_name_of
-    from rgpt_llava.serve.openai_api import StartupError, check_listen_address
+    check_at_least_one(p, args, "limit_model_concurrency", "max_regions")
+    name = served_name(args)
     try:
         check_listen_address(args.host, args.port)
+        engine = load_engine(args, max_regions=args.max_regions, name=name)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        engine = RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
-                                   max_regions=args.max_regions, sam_model=args.sam_model)
-    except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"error: {'' if str(e).startswith('--sam-model') else f'--model-path {args.model_path}: '}{e}",
-              file=sys.stderr)
-        return 2
-    name = args.model_name or model_name_of(args.model_path)
     worker_addr = args.worker_address or f"http://{args.host}:{args.port}"
     try:
         worker = RegionModelWorker(args.controller_address, worker_addr, engine, name, args.limit_model_concurrency,

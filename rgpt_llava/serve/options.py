@@ -1,0 +1,112 @@
+"""Starting an entry point: the flags every entry shares, checked before the model loads, and the engine they load.
+
+The CLI, ``describe``, the model worker, the OpenAI-compatible API and the web page take the same model flags
+(``--model-path --model-base --device --load-8bit --load-4bit --sam-model``); the three servers add the same serving
+flags (``--model-name --host --port --max-regions``). They are declared once here (:func:`add_model_flags`,
+:func:`add_server_flags`) so a flag reads, defaults and is checked the same way everywhere, and the engine is loaded
+from them by one function (:func:`load_engine`) whose failures are one line naming the flag (:class:`StartupError`).
+"""
+import argparse
+import socket
+from typing import Optional
+
+from rgpt_llava.regions.prompts import SAM_FLAG
+from rgpt_llava.serve.engine import RegionEngine, model_name_of
+from rgpt_llava.serve.inputs import MAX_REGIONS
+
+
+class StartupError(Exception):
+    """An entry point cannot start: the message names the flag and the problem (printed as ``error: ...``, exit 2)."""
+
+
+def add_model_flags(parser: argparse.ArgumentParser, sam_help: str, controller: Optional[str] = None,
+                    controller_help: str = "") -> None:
+    """The flags that load a model: ``--model-path`` (required; with ``controller``, e.g. ``"--controller-url"``,
+    one of the two is: the model in this process or the workers behind LLaVA's controller), ``--model-base``,
+    ``--device``, ``--load-8bit``, ``--load-4bit`` and ``--sam-model`` (``sam_help``: what SAM does for this entry)."""
+    from rgpt_llava.model.builder import device_arg
+    if controller:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--model-path", help="serve this checkpoint in this process")
+        source.add_argument(controller, help=controller_help)
+    else:
+        parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None)
+    # None: cuda when available (RegionEngine.load and SamPrompter decide); the type refuses a device this machine
+    # does not have while parsing, before anything loads
+    parser.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument(SAM_FLAG, default=None, metavar="PATH", help=sam_help)
+
+
+def add_server_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    """What the three servers add to the model flags: the name clients ask for, where to listen, regions per
+    request."""
+    parser.add_argument("--model-name", default=None,
+                        help="the name clients ask for (default: the checkpoint folder's)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
+
+
+def add_conv_mode_flag(parser: argparse.ArgumentParser) -> None:
+    """``--conv-mode``: the entries that build the prompt themselves (not the worker, whose clients send it built)."""
+    parser.add_argument("--conv-mode", default="vicuna_v1", help="LLaVA's conversation template (default vicuna_v1)")
+
+
+def check_at_least_one(parser: argparse.ArgumentParser, args: argparse.Namespace, *dests: str) -> None:
+    """The parser's error (exit 2) for a count flag below 1, e.g. ``--max-regions must be at least 1, got 0``."""
+    for dest in dests:
+        if getattr(args, dest) < 1:
+            parser.error(f"--{dest.replace('_', '-')} must be at least 1, got {getattr(args, dest)}")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once before the model loads (the API, the worker and the page): a port out of range or
+    taken, or a host this machine does not have, is then a line naming the flag rather than a traceback after minutes
+    of loading. The socket is closed at once; the server binds its own."""
+    if not 1 <= port <= 65535:
+        raise StartupError(f"--port {port}: a port is 1-65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise StartupError(f"--host {host}: no such host ({e.strerror})") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gradio do
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise StartupError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from e
+
+
+def served_name(args: argparse.Namespace) -> str:
+    """The name a server lists its model by: ``--model-name``, else the checkpoint folder's (LLaVA's rule)."""
+    return args.model_name or model_name_of(args.model_path)
+
+
+def load_engine(args: argparse.Namespace, **engine_args) -> RegionEngine:
+    """The engine the model flags ask for (``engine_args``: :meth:`RegionEngine.load`'s own: ``max_regions``,
+    ``name``; ``sam_model=None`` for an entry that used SAM itself before loading the model). A checkpoint or SAM
+    folder that cannot be loaded is a :class:`StartupError` naming its flag."""
+    from rgpt_llava.model.builder import CheckpointError
+    engine_args = {"sam_model": args.sam_model, **engine_args}
+    try:
+        return RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
+                                 **engine_args)
+    except (CheckpointError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        # SAM's errors name their flag already; the checkpoint's are the loader's words about the folder
+        where = "" if str(e).startswith(SAM_FLAG) else f"--model-path {args.model_path}: "
+        raise StartupError(f"{where}{e}") from e
+
+
+def load_sam(args: argparse.Namespace):
+    """``--sam-model``'s :class:`rgpt_llava.sam.SamPrompter` (None without the flag), for an entry without a model
+    in this process; a folder that is not SAM is a :class:`StartupError`."""
+    if not args.sam_model:
+        return None
+    from rgpt_llava.sam import SamModelError, SamPrompter
+    try:
+        return SamPrompter(args.sam_model, args.device)
+    except SamModelError as e:
+        raise StartupError(str(e)) from e

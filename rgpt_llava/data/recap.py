@@ -28,6 +28,7 @@ from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clea
 from rgpt_llava.jsonl import read_resumable_jsonl
 from rgpt_llava.paths import output_clash
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, build_prompt, check_conv_mode, with_image
+from rgpt_llava.serve.engine import RegionEngine
 
 PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recap_prompts.json")
 GLOBAL_SLOT, CLASS_SLOT = "<GlobalCaption>", "<ClassName>"
@@ -92,54 +93,78 @@ def crop_box(bbox: Sequence[float], size: Tuple[int, int], margin: float) -> Tup
 # ----------------------------------------------------------------------------------------------------------------------
 # Model: generation with LLaVA's conversation templates
 # ----------------------------------------------------------------------------------------------------------------------
+class ImageOnlyModel:
+    """A plain LLaVA model behind RGPT's interface, without regions (composition: every other attribute is the
+    LLaVA model's): RecapD captions whole images and crops, so a LLaVA checkpoint serves it as an RGPT one does."""
+
+    def __init__(self, model):
+        self.__dict__["llava"] = model
+
+    def __getattr__(self, name):
+        return getattr(self.llava, name)
+
+    def merge_size(self) -> Tuple[int, int]:
+        side = self.llava.get_vision_tower().num_patches_per_side
+        return side, side
+
+    region_map_size = merge_size     # masks are never made: no region is ever passed
+
+    def encode_images_and_regions(self, images, region_masks=None):
+        if region_masks is not None and any(m is not None and len(m) for m in region_masks):
+            raise ValueError("a plain LLaVA checkpoint has no region encoder")
+        return self.llava.encode_images(images), [None] * images.shape[0]
+
+
+class CaptionEngine(RegionEngine):
+    """:class:`RegionEngine` that also holds a plain LLaVA checkpoint (:class:`ImageOnlyModel`): RecapD's captioner
+    is often LLaVA itself (paper Sec. 3.3)."""
+
+    def __init__(self, tokenizer, model, image_processor, context_len=None, **kwargs):
+        if not hasattr(model, "encode_images_and_regions"):
+            model = ImageOnlyModel(model)
+        super().__init__(tokenizer, model, image_processor, context_len, **kwargs)
+
+
 class LlavaGenerator:
-    """Greedy, batched ``model.generate`` of any LLaVA / RGPT checkpoint loaded by
-    ``rgpt_llava.model.builder.load_pretrained_model``; prompts in ``conv_templates[conv_mode]``, images through
-    LLaVA's ``process_images``, ids through ``tokenizer_image_token``; left padding."""
+    """Greedy, batched captions of any LLaVA / RGPT checkpoint through the request path of every entry point:
+    ``RegionEngine.load`` (the padding side too), each (image, prompt) checked and encoded by ``engine.prepare``,
+    the batch decoded by :mod:`rgpt_llava.generation` (each prompt on its own image); prompts in
+    ``conv_templates[conv_mode]``."""
 
     def __init__(self, model_path: str, model_base: Optional[str] = None, device: str = "cpu",
                  conv_mode: str = DEFAULT_CONV_MODE, max_new_tokens: int = 512, load_4bit: bool = False,
                  load_8bit: bool = False):
-        from rgpt_llava.model.builder import load_pretrained_model
         try:
             check_conv_mode(conv_mode)
         except ValueError as e:
             raise ValueError(f"--conv-mode {e}") from None
-        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
-            model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
-        self.model.config.tokenizer_padding_side = "left"
+        self.engine = CaptionEngine.load(model_path, model_base, device=device, load_4bit=load_4bit,
+                                         load_8bit=load_8bit)
+        self.engine.model.eval()
         self.device, self.conv_mode, self.max_new_tokens = device, conv_mode, max_new_tokens
         self.name = os.path.basename(os.path.normpath(model_path))
 
     def prompt(self, text: str) -> str:
         from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
         image = DEFAULT_IMAGE_TOKEN
-        if getattr(self.model.config, "mm_use_im_start_end", False):
+        if getattr(self.engine.model.config, "mm_use_im_start_end", False):
             image = DEFAULT_IM_START_TOKEN + image + DEFAULT_IM_END_TOKEN
         return build_prompt([("user", with_image(text, image))], self.conv_mode)
 
     def __call__(self, images: Sequence[Any], prompts: Sequence[str]) -> List[str]:
-        import torch
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import process_images, tokenizer_image_token
-        ids = [tokenizer_image_token(self.prompt(p), self.tokenizer, IMAGE_TOKEN_INDEX) for p in prompts]
-        n = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = torch.full((len(ids), n), pad, dtype=torch.long)
-        att = torch.zeros((len(ids), n), dtype=torch.long)
-        for i, x in enumerate(ids):
-            batch[i, n - len(x):] = torch.tensor(x)
-            att[i, n - len(x):] = 1
-        dtype = next(self.model.parameters()).dtype
-        pixels = process_images(list(images), self.image_processor, self.model.config).to(self.device, dtype)
-        eos = self.tokenizer.eos_token_id
-        with torch.inference_mode():
-            out = self.model.generate(batch.to(self.device), attention_mask=att.to(self.device), images=pixels,
-                                      image_sizes=[im.size for im in images], do_sample=False, num_beams=1,
-                                      max_new_tokens=self.max_new_tokens, use_cache=True, eos_token_id=eos,
-                                      pad_token_id=pad if pad is not None else eos)
-        # transformers 4.37 starts an inputs_embeds generation with the BOS it initialises; special tokens dropped.
-        return [clean_text(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        from rgpt_llava import generation
+        from rgpt_llava.serve.engine import Sampling
+        from rgpt_llava.serve.inputs import InputError
+        engine = self.engine
+        sampling = Sampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        try:
+            jobs = [engine.prepare(image, [(self.prompt(p), [])], sampling) for image, p in zip(images, prompts)]
+        except InputError as e:
+            raise DataError(f"RecapD prompt: {e}") from None
+        out = generation.generate_same_image(engine.model, [j.image for j in jobs], [j.prompts[0] for j in jobs],
+                                             None, min(j.max_new_tokens for j in jobs),
+                                             engine.tokenizer.eos_token_id, batch_size=len(jobs))
+        return [clean_text(engine.tokenizer.decode(o, skip_special_tokens=True)) for o in out]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
-from rgpt_llava.jsonl import read_resumable_jsonl
+from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
 from rgpt_llava.paths import output_clash
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, build_prompt, check_conv_mode, with_image
 from rgpt_llava.serve.engine import RegionEngine
@@ -174,8 +174,8 @@ def _read_jsonl(path: str) -> List[dict]:
     """Rows written so far (a line cut by a crash is dropped; see rgpt_llava.jsonl)."""
     try:
         return read_resumable_jsonl(path)
-    except ValueError as e:
-        raise DataError(f"{path}: {e}; fix or delete the file to resume") from None
+    except JsonFileError as e:
+        raise DataError(f"{e}; fix or delete the file to resume") from None
 
 
 class JsonlAppender:

@@ -38,7 +38,7 @@ import numpy as np
 
 from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
-                                    print_table, read_json, records, require, run_cli, write_json)
+                                    print_table, read_json, read_rows, require, run_cli, write_json)
 
 Embedder = Callable[[List[str]], Any]   # texts -> array [N, D]
 
@@ -375,7 +375,7 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
     None (no synonym-aware accuracy), ``"minilm"`` or a callable texts -> embeddings [N, D]. Percentages and APs
     are x100, as in the paper."""
     gt, vocab, malformed = load_ground_truth(annotation_file)
-    rows = records(answers, "result file") if isinstance(answers, str) else \
+    rows = read_rows(answers, "result file") if isinstance(answers, str) else \
         [(f"answer {i}", a) for i, a in enumerate(answers)]
     by_id = index_by_id(rows, "question_id", "answer")
     where_of = {id_key(a["question_id"]): w for w, a in rows}

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from rgpt_llava import generation
-from rgpt_llava.eval.common import EvalInputError, id_key
+from rgpt_llava.eval.common import EvalInputError, id_key, read_rows
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, check_conv_mode, question_answer_prompt
 from rgpt_llava.regions.kinds import parse_region
 from rgpt_llava.regions.region import Region
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError
-from rgpt_llava.jsonl import read_resumable_jsonl
+from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
 from rgpt_llava.progress import iter_progress
 
 
@@ -62,47 +62,14 @@ def fail(msg: str) -> None:
 
 
 def read_question_file(path: str, what: str = "question file") -> List[dict]:
-    """Objects of a JSONL file (or a JSON list); errors name the file and line."""
-    if not os.path.isfile(path):
-        fail(f"{what} not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            fail(f"{what} {path}, line {e.lineno}: malformed JSON ({e.msg})")
-        rows = [(f"{what} {path}, item {i}", o) for i, o in enumerate(data)]
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{what} {path}, line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                fail(f"{what} {path}, line {n}: malformed JSON ({e.msg} at column {e.colno})")
+    """Objects of a JSONL file (or a JSON list), each with a ``question_id`` and its place (``_where``, named in
+    errors: the file and line)."""
     out = []
-    for where, obj in rows:
-        if not isinstance(obj, dict):
-            fail(f"{where}: expected a JSON object")
+    for where, obj in read_rows(path, what):
         if "question_id" not in obj:
             fail(f"{where}: missing field 'question_id'")
-        obj = dict(obj)
-        obj["_where"] = where
-        out.append(obj)
+        out.append(dict(obj, _where=where))
     return out
-
-
-def read_json_file(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        fail(f"{what} not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            fail(f"{what} {path}, line {e.lineno}: malformed JSON ({e.msg} at column {e.colno})")
 
 
 def load_image(folder: str, name: Any, where: str):
@@ -129,8 +96,8 @@ class AnswerWriter:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             rows = read_resumable_jsonl(path, check=lambda obj: id_key(obj["question_id"]))
-        except ValueError as e:
-            fail(f"answers file {path}, {e}; fix or delete the file")
+        except JsonFileError as e:
+            fail(f"answers file {e}; fix or delete the file")
         self.done = {id_key(r["question_id"]) for r in rows}
         self.num_written = 0
         self._f = open(path, "a", encoding="utf-8")

@@ -13,9 +13,10 @@ import torch
 
 from rgpt_llava import generation
 from rgpt_llava.data.instructions import category_suffix
+from rgpt_llava.eval.common import read_json
 from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, answer, by_image, check_run_args,
                                              conv_prompt, fail, get_chunk, load_engine, load_image, log, prepare,
-                                             question, read_json_file, run_main)
+                                             question, run_main)
 from rgpt_llava.mm_utils import tokenizer_region_token
 
 QUESTION = "What category name best describes the region represented by {region}?"
@@ -57,7 +58,7 @@ def answer_ids(tokenizer, prompt: str, name: str):
 def read_annotations(args):
     """``(images by id, [(category id, name)], annotations of this chunk)``; each annotation knows its place in the
     file (``_where``) for errors."""
-    gt = read_json_file(args.annotation_file, "annotation file")
+    gt = read_json(args.annotation_file, "annotation file")
     if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
         fail(f"annotation file {args.annotation_file}: expected a COCO-style object with images, annotations, "
              f"categories")

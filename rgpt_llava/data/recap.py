@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
 from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
-from rgpt_llava.paths import output_clash
+from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, build_prompt, check_conv_mode, with_image
 from rgpt_llava.serve.engine import RegionEngine
 
@@ -419,15 +419,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    # neither output may be --annotations (nor any other file an argument names), nor the other output
+    args = parse_args_checked(parser(), argv, ("out", "rejected_out"))
     if args.min_clip_score is not None and args.clip_model is None:
         parser().error("--min-clip-score needs --clip-model")
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser().error(f"--chunk-idx must be in 0..{args.num_chunks - 1}")
-    clash = output_clash({"--out": args.out, "--rejected-out": args.rejected_out},
-                         {"--annotations": args.annotations})
-    if clash:
-        parser().error(clash)
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

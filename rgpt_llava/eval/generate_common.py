@@ -33,6 +33,7 @@ from rgpt_llava.regions.region import Region
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError
 from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
+from rgpt_llava.paths import args_output_clash
 from rgpt_llava.progress import iter_progress
 
 
@@ -148,15 +149,12 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="reference path: model.generate per batch of full prompts (no KV-cache reuse)")
 
 
-def check_run_args(args) -> None:
+def check_run_args(parser: argparse.ArgumentParser, args) -> None:
     """The chunk, and an answers file that is none of the files read (a question file taken as answers would look
     finished: every question_id 'done', nothing generated)."""
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         fail(f"--chunk-idx {args.chunk_idx} must be in 0..{args.num_chunks - 1} (--num-chunks {args.num_chunks})")
-    from rgpt_llava.paths import output_clash
-    clash = output_clash({"--answers-file": args.answers_file},
-                         {f"--{k.replace('_', '-')}": v for k, v in vars(args).items()
-                          if k.endswith("_file") and k != "answers_file"})
+    clash = args_output_clash(parser, args, ("answers_file",))
     if clash:
         fail(clash)
 

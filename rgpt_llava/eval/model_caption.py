@@ -34,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="question with <region1>")
     add_common_args(ap)
     args = ap.parse_args(argv)
-    check_run_args(args)
+    check_run_args(ap, args)
     qs = get_chunk(read_question_file(args.question_file), args.num_chunks, args.chunk_idx)
     engine = load_engine(args)
     prompt = conv_prompt([(args.prompt, None)], args.conv_mode)

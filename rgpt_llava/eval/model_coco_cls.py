@@ -124,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--include-crowd", action="store_true")
     add_common_args(ap)
     args = ap.parse_args(argv)
-    check_run_args(args)
+    check_run_args(ap, args)
     images, cats, anns = read_annotations(args)
     engine = load_engine(args)
     name_ids = None

@@ -23,7 +23,7 @@ def main(argv=None):
     add_common_args(ap)
     ap.set_defaults(max_new_tokens=8)
     args = ap.parse_args(argv)
-    check_run_args(args)
+    check_run_args(ap, args)
     qs = read_question_file(args.question_file)
     for q in qs:
         for f in ("image", "text"):

@@ -24,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--question-file", required=True)
     add_common_args(ap)
     args = ap.parse_args(argv)
-    check_run_args(args)
+    check_run_args(ap, args)
     qs = read_question_file(args.question_file)
     for q in qs:
         for f in ("candidates", "expression"):

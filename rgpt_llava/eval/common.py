@@ -1,4 +1,5 @@
-"""Shared input handling for the scorers: JSON / JSONL reading (:mod:`rgpt_llava.jsonl`) in their wording, id matching, tables, output.
+"""Shared input handling for the scorers: JSON / JSONL reading (:mod:`rgpt_llava.jsonl`) in their wording, id
+matching, tables, output.
 
 Every scorer matches answers to references BY ID, never by position: ids are compared by their string form (``5``
 and ``"5"`` are the same id, so a file that has both is a duplicate), duplicates are errors, and missing / extra

@@ -318,3 +318,23 @@ def test_coco_cls_naive_flag_same_answers(tiny_rgpt_dir, data, tmp_path):
                                         *flag))
         texts.append({a["question_id"]: a["text"] for a in rows(out)})
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("step", ["caption", "rec"])
+def test_every_step_naive_flag_same_answers(tiny_rgpt_dir, data, tmp_path, step):
+    """--naive (model.generate per batch) on each generation step, with region tokens and with --regions-as-text:
+    the same answers as the shared-prefix path."""
+    from rgpt_llava.eval import model_caption, model_rec, rec
+    if step == "caption":
+        main, questions = model_caption.main, data / "vg_questions.jsonl"
+    else:
+        main, questions = model_rec.main, tmp_path / "rec_q.jsonl"
+        assert rec.main(["build", "--refs", str(data / "refs.json"), "--instances", str(data / "instances.json"),
+                         "--proposals", str(data / "proposals.json"), "--split", "val", "--out", str(questions)]) == 0
+    for mode in ([], ["--regions-as-text"]):
+        texts = []
+        for flag in ([], ["--naive"]):
+            out = tmp_path / f"{step}{len(mode)}{len(flag)}.jsonl"
+            assert main(common_args(tiny_rgpt_dir, data, out, "--question-file", str(questions), *mode, *flag)) == 0
+            texts.append({a["question_id"]: a["text"] for a in rows(out)})
+        assert texts[0] == texts[1] and texts[0]

@@ -28,6 +28,7 @@ from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
 from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, _strip_prefixes, read_config
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.region_encoder import REFINER_TYPES, build_refiner
+from rgpt_llava.paths import output_clash
 from rgpt_llava.tokenization import load_tokenizer
 
 
@@ -48,14 +49,15 @@ CHECKPOINT_FILE = re.compile(r"config\.json|adapter_model\.(safetensors|bin)|"
                              + "|".join(re.escape(f) for f in (LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE)))
 
 
-def check_output(output, sources, overwrite=False, flag="--output"):
+def check_output(output, sources, overwrite=False, flag="--output", others=()):
     """Before anything is read: ``output`` is none of the ``sources`` ((flag, folder) pairs; writing there would
-    replace a source), and a folder already holding a checkpoint only with ``overwrite`` (its checkpoint
-    files are then removed just before the new ones are written, its other files kept)."""
-    for source, folder in sources:
-        if folder and os.path.realpath(folder) == os.path.realpath(output):
-            raise CheckpointError(f"{flag} {output} is the {source} folder: writing the new checkpoint there would "
-                                  "replace it; choose another folder")
+    replace a source) nor of the ``others`` written ((flag, folder) pairs: the extracted tower's folder), by the one
+    output-clash rule (:func:`rgpt_llava.paths.output_clash`), and a folder already holding a checkpoint only with
+    ``overwrite`` (its checkpoint files are then removed just before the new ones are written, its other files
+    kept)."""
+    clash = output_clash({flag: output, **dict(others)}, dict(sources), folder="the new checkpoint")
+    if clash:
+        raise CheckpointError(clash)
     if os.path.exists(output) and not os.path.isdir(output):
         raise CheckpointError(f"{flag} {output}: a file, not a folder")
     old = checkpoint_files(output)
@@ -259,12 +261,12 @@ def convert_llava_hf(llava_hf_path, output, vision_tower_out=None, refiner="deco
     from transformers import LlavaConfig as HFLlavaConfig
 
     check_llava_hf_config(llava_hf_path, read_config(llava_hf_path))
-    if vision_tower_out and os.path.realpath(vision_tower_out) == os.path.realpath(output):
-        raise CheckpointError(f"--vision-tower-out {vision_tower_out} is the --output folder: the tower's config.json "
-                              "and weights would be replaced by the RGPT checkpoint's; give it a folder of its own")
     tower_out = vision_tower_out or os.path.join(output, "vision_tower")
-    check_output(output, [("--llava-hf-path", llava_hf_path)], overwrite)
-    check_output(tower_out, [("--llava-hf-path", llava_hf_path)], overwrite)
+    # the tower's folder may not be the checkpoint's either: its config.json and weights would be replaced
+    check_output(output, [("--llava-hf-path", llava_hf_path)], overwrite,
+                 others=[("--vision-tower-out", vision_tower_out)])
+    check_output(tower_out, [("--llava-hf-path", llava_hf_path)], overwrite,
+                 flag="--vision-tower-out" if vision_tower_out else "--output")
     llm, tower = split_llava_hf_weights(llava_hf_path, read_weights(llava_hf_path))
     if "model.embed_tokens.weight" not in llm:
         raise CheckpointError(f"{llava_hf_path}: weights do not match a LLaVA-1.5 model: missing "

@@ -36,13 +36,32 @@ def _embed(model, ids: Sequence[int], image_tokens: Optional[torch.Tensor], regi
     return splice(t, emb, images, regions)[0]
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+def _common_prefix(seqs: Sequence[Sequence[int]], same_image: bool = True) -> int:
+    """Tokens every prompt starts with, up to the first region sentinel (and the image sentinel, unless the prompts
+    share one image)."""
     n = min(len(s) for s in seqs) - 1          # every suffix keeps at least one token
     first = seqs[0]
+    shared = (lambda t: t > REGION_TOKEN_INDEX) if same_image else (lambda t: t >= 0)  # noqa: E731
     i = 0
-    while i < n and first[i] > REGION_TOKEN_INDEX and all(s[i] == first[i] for s in seqs[1:]):
+    while i < n and shared(first[i]) and all(s[i] == first[i] for s in seqs[1:]):
         i += 1
     return i
+
+
+def _encode(model, image, masks: List[Optional[torch.Tensor]]):
+    """``(image tokens, region tokens)`` per prompt: one image shared by every prompt (encoded once), or a list of
+    each prompt's own image (encoded as one batch); all regions pooled in the same call."""
+    b = len(masks)
+    counts = [0 if m is None else int(m.shape[0]) for m in masks]
+    if isinstance(image, (list, tuple)):
+        img_tok, reg_tok = model.encode_images_and_regions(torch.stack(list(image)),
+                                                           [m if c else None for m, c in zip(masks, counts)])
+        return list(img_tok), [r if c else None for r, c in zip(reg_tok, counts)]
+    all_masks = [m for m in masks if m is not None and m.shape[0]]
+    cat = torch.cat(all_masks) if all_masks else None
+    img_tok, reg_tok = model.encode_images_and_regions(image[None], [cat])
+    split = list(torch.split(reg_tok[0], counts)) if sum(counts) else [None] * b
+    return [img_tok[0]] * b, [s if c else None for s, c in zip(split, counts)]
 
 
 def _expand_cache(past, batch: int):
@@ -68,30 +87,26 @@ class SharedPrefix:
 
 
 @torch.no_grad()
-def prefill(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
+def prefill(model, image, prompts_ids: Sequence[Sequence[int]],
             masks: Optional[Sequence[Optional[torch.Tensor]]] = None) -> SharedPrefix:
-    """Encode ``image`` and all regions once, run the shared prefix once, the suffixes as one batch on its
-    expanded KV cache (left-padded between prefix and suffix; explicit positions)."""
+    """Encode the image(s) and all regions once, run the shared prefix once, the suffixes as one batch on its
+    expanded KV cache (left-padded between prefix and suffix; explicit positions). ``image``: one tensor [3, H, W]
+    that every prompt is about, a list of each prompt's own (RecapD's crops: the prefix ends before the image), or
+    None."""
     b = len(prompts_ids)
     masks = list(masks) if masks is not None else [None] * b
-    image_tokens, region_tokens = None, [None] * b
+    image_tokens, region_tokens = [None] * b, [None] * b
     if image is not None:
-        counts = [0 if m is None else int(m.shape[0]) for m in masks]
-        all_masks = [m for m in masks if m is not None and m.shape[0]]
-        cat = torch.cat(all_masks) if all_masks else None
-        img_tok, reg_tok = model.encode_images_and_regions(image[None], [cat])
-        image_tokens = img_tok[0]
-        split = list(torch.split(reg_tok[0], counts)) if sum(counts) else [None] * b
-        region_tokens = [s if c else None for s, c in zip(split, counts)]
-    n = _common_prefix(prompts_ids)
-    prefix = _embed(model, prompts_ids[0][:n], image_tokens, None)[None]
+        image_tokens, region_tokens = _encode(model, image, masks)
+    n = _common_prefix(prompts_ids, same_image=not isinstance(image, (list, tuple)))
+    prefix = _embed(model, prompts_ids[0][:n], image_tokens[0], None)[None]
     p = prefix.shape[1]
     dev = prefix.device
     past = None
     if p:
         _, past = _lm_step(model, prefix, torch.ones(1, p, dtype=torch.long, device=dev),
                            torch.arange(p, device=dev)[None], None)
-    suffixes = [_embed(model, ids[n:], image_tokens, region_tokens[i]) for i, ids in enumerate(prompts_ids)]
+    suffixes = [_embed(model, ids[n:], image_tokens[i], region_tokens[i]) for i, ids in enumerate(prompts_ids)]
     s = max(x.shape[0] for x in suffixes)
     emb = prefix.new_zeros(b, s, prefix.shape[-1])
     attention = torch.zeros(b, p + s, dtype=torch.long, device=dev)
@@ -193,14 +208,17 @@ def greedy_from(model, state: SharedPrefix, max_new_tokens: int, eos_token_id: i
     return [cut_at_eos(o, eos_token_id) for o in out]
 
 
-def generate_same_image(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
+def generate_same_image(model, image, prompts_ids: Sequence[Sequence[int]],
                         masks: Optional[Sequence[Optional[torch.Tensor]]] = None, max_new_tokens: int = 32,
                         eos_token_id: int = 2, batch_size: int = 16) -> List[List[int]]:
-    """FAST greedy answers (token ids, EOS cut) of several prompts on the same image, ``batch_size`` at a time."""
+    """FAST greedy answers (token ids, EOS cut) of several prompts on the same image (or a list of each prompt's
+    own, see :func:`prefill`), ``batch_size`` at a time."""
     masks = list(masks) if masks is not None else [None] * len(prompts_ids)
+    per_prompt = isinstance(image, (list, tuple))
     out = []
     for i in range(0, len(prompts_ids), batch_size):
-        st = prefill(model, image, prompts_ids[i:i + batch_size], masks[i:i + batch_size])
+        st = prefill(model, image[i:i + batch_size] if per_prompt else image, prompts_ids[i:i + batch_size],
+                     masks[i:i + batch_size])
         out += greedy_from(model, st, max_new_tokens, eos_token_id)
     return out
 

@@ -202,3 +202,12 @@ def test_llava_hf_conversion_guards_its_source_and_the_tower_folder(tmp_path, hf
     for name in ("model.safetensors", "vision_tower/model.safetensors"):
         ref, got = load_file(os.path.join(converted, name)), load_file(out / name)
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_tower_folder_clash_is_the_shared_rule(tmp_path, hf_dir):
+    """--vision-tower-out == --output goes through rgpt_llava.paths.output_clash, like every output check."""
+    with pytest.raises(CheckpointError, match=r"--vision-tower-out \S+ is also --output: two outputs in one folder"):
+        convert_llava_hf(hf_dir, str(tmp_path / "a"), str(tmp_path / "a" / "."))
+    with pytest.raises(CheckpointError, match="is the --llava-hf-path folder: writing the new checkpoint there"):
+        convert_llava_hf(hf_dir, str(tmp_path / "b"), hf_dir)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

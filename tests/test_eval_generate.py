@@ -190,24 +190,25 @@ def test_get_chunk_partition():
 @pytest.fixture(scope="module")
 def loaded(tiny_rgpt_dir):
     a = argparse.Namespace(model_path=tiny_rgpt_dir, model_base=None, load_8bit=False, load_4bit=False, device="cpu")
-    return G.load_model(a)
+    return G.load_engine(a)
 
 
 def test_fast_path_equals_naive(loaded, images_dir):
     from PIL import Image
-    tok, model, ip = loaded
+    engine = loaded
+    tok, model = engine.tokenizer, engine.model
     img = Image.open(Path(images_dir) / "rocket.jpg").convert("RGB")
-    x = G.image_tensor(model, ip, img)
     w, h = img.size
     questions = ["Describe <region1>.", "What category name best describes the region represented by <region1>?",
                  "Is <region1> left of <region2>?", "What is it?"]
-    prompts, masks = [], []
+    items = []
     for i in range(8):
         q = questions[i % 4]
         n = q.count("<region")
         boxes = [{"bbox": [w * 0.1 * (i % 5) + j * 20, h * 0.1, w * 0.3, h * 0.4]} for j in range(n)]
-        prompts.append(G.tokenize(tok, G.conv_prompt([(q, None)])))
-        masks.append(G.region_masks(boxes, img, ip, model, "t") if n else None)
+        items.append(G.question(argparse.Namespace(), img, G.conv_prompt([(q, None)]), boxes, "t"))
+    job = G.prepare(engine, img, items, 12)
+    x, prompts, masks = job.image, job.prompts, job.masks
     fast = generation.generate_same_image(model, x, prompts, masks, 12, tok.eos_token_id, batch_size=8)
     naive = [generation.generate_naive(model, tok, [x], [p], [m], 12)[0] for p, m in zip(prompts, masks)]
     assert fast == naive
@@ -216,15 +217,16 @@ def test_fast_path_equals_naive(loaded, images_dir):
 
 def test_rank_scores_match_naive(loaded, images_dir):
     from PIL import Image
-    from rgpt_llava.eval.model_coco_cls import answer_ids, question
-    tok, model, ip = loaded
+    from rgpt_llava.eval.model_coco_cls import answer_ids, class_question as question
+    engine = loaded
+    tok, model = engine.tokenizer, engine.model
     img = Image.open(Path(images_dir) / "coffee.jpg").convert("RGB")
-    x = G.image_tensor(model, ip, img)
     prompt = G.conv_prompt([(question("<region1>", "COCO-80"), None)])
-    pid = G.tokenize(tok, prompt)
     names = ["cat", "cup", "rocket ship", "dining table"]
     cands = [answer_ids(tok, prompt, n) for n in names]
-    masks = [G.region_masks([{"bbox": [20 + 40 * r, 30, 120, 90]}], img, ip, model, "t") for r in range(2)]
+    job = G.prepare(engine, img, [G.question(argparse.Namespace(), img, prompt, [{"bbox": [20 + 40 * r, 30, 120, 90]}],
+                                             "t") for r in range(2)], 12)
+    x, pid, masks = job.image, job.prompts[0], job.masks
     fast = generation.score_candidates(model, x, [pid, pid], masks, cands, chunk=3)
     probs = torch.softmax(fast, 1)
     assert torch.allclose(probs.sum(1), torch.ones(2, dtype=probs.dtype))
@@ -316,3 +318,23 @@ def test_coco_cls_naive_flag_same_answers(tiny_rgpt_dir, data, tmp_path):
                                         *flag))
         texts.append({a["question_id"]: a["text"] for a in rows(out)})
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("step", ["caption", "rec"])
+def test_every_step_naive_flag_same_answers(tiny_rgpt_dir, data, tmp_path, step):
+    """--naive (model.generate per batch) on each generation step, with region tokens and with --regions-as-text:
+    the same answers as the shared-prefix path."""
+    from rgpt_llava.eval import model_caption, model_rec, rec
+    if step == "caption":
+        main, questions = model_caption.main, data / "vg_questions.jsonl"
+    else:
+        main, questions = model_rec.main, tmp_path / "rec_q.jsonl"
+        assert rec.main(["build", "--refs", str(data / "refs.json"), "--instances", str(data / "instances.json"),
+                         "--proposals", str(data / "proposals.json"), "--split", "val", "--out", str(questions)]) == 0
+    for mode in ([], ["--regions-as-text"]):
+        texts = []
+        for flag in ([], ["--naive"]):
+            out = tmp_path / f"{step}{len(mode)}{len(flag)}.jsonl"
+            assert main(common_args(tiny_rgpt_dir, data, out, "--question-file", str(questions), *mode, *flag)) == 0
+            texts.append({a["question_id"]: a["text"] for a in rows(out)})
+        assert texts[0] == texts[1] and texts[0]

@@ -278,3 +278,25 @@ def test_rgpt_checkpoint_generates(tiny_rgpt_dir, images_dir):
     assert caps == [gen([image], ["Describe the image in detail."])[0],
                     gen([image.crop((0, 0, 50, 40))], ["Describe the cup."])[0]]
     assert "USER: <image>\nDescribe the cup. ASSISTANT:" in gen.prompt("Describe the cup.")
+
+
+def test_llava_checkpoint_captions_as_llava_generates(tiny_llava_dir, images_dir):
+    """A plain LLaVA checkpoint goes the engine's way too (ImageOnlyModel): the captions are LLaVA's own
+    model.generate captions."""
+    import torch
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import process_images, tokenizer_image_token
+    from rgpt_llava.data.common import clean_text
+    gen = recap.LlavaGenerator(tiny_llava_dir, device="cpu", max_new_tokens=5)
+    image = Image.open(images_dir / "coffee.jpg").convert("RGB")
+    images, prompts = [image, image.crop((0, 0, 50, 40))], ["Describe the image in detail.", "Describe the cup."]
+    llava, tok = gen.engine.model.llava, gen.engine.tokenizer
+    expected = []
+    for im, p in zip(images, prompts):
+        ids = tokenizer_image_token(gen.prompt(p), tok, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        pixels = process_images([im], gen.engine.image_processor, llava.config).to(llava.dtype)
+        with torch.inference_mode():
+            out = llava.generate(ids, images=pixels, image_sizes=[im.size], do_sample=False, num_beams=1,
+                                 max_new_tokens=5, eos_token_id=tok.eos_token_id)
+        expected.append(clean_text(tok.decode(out[0], skip_special_tokens=True)))
+    assert gen(images, prompts) == expected

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from rgpt_llava.data import coco_style
 from rgpt_llava.data.common import DataError, Stats, rng_for, summarize, write_json
-from rgpt_llava.paths import output_clash
+from rgpt_llava.paths import parse_args_checked
 
 
 def _common(p: argparse.ArgumentParser, prefix: bool = True) -> None:
@@ -147,20 +147,12 @@ def run(args: argparse.Namespace) -> List[dict]:
     return samples
 
 
-# The flags naming files a build reads (the merge's are positional): --out may be none of them.
-INPUT_FLAGS = ("input", "regions", "relationships", "image_data", "refs", "instances", "inputs")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--merge":
         argv[0] = "merge"
-    ap = parser()
-    args = ap.parse_args(argv)
-    clash = output_clash({"--out": args.out}, {"an input" if flag == "inputs" else f"--{flag.replace('_', '-')}":
-                                               getattr(args, flag, None) for flag in INPUT_FLAGS})
-    if clash:
-        ap.error(clash)
+    # --out may be none of the files the build reads (every other argument naming a file; the merge's positional)
+    args = parse_args_checked(parser(), argv, ("out",))
     try:
         run(args)
     except (DataError, ValueError) as e:

@@ -17,7 +17,9 @@ import sys
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from rgpt_llava import jsonl
 from rgpt_llava.geometry import BOX_TOLERANCE_PX
+from rgpt_llava.jsonl import JsonFileError
 from rgpt_llava.mm_utils import check_region_references, region_references
 from rgpt_llava.progress import iter_progress  # noqa: F401  (re-exported for the converters)
 
@@ -51,16 +53,18 @@ class DataError(ValueError):
 # Input / output
 # ----------------------------------------------------------------------------------------------------------------------
 def load_json(path: str, what: str) -> Any:
-    """``json.load`` with errors that name the file and what it was supposed to be."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found ({what})")
+    """The JSON document of a file (:mod:`rgpt_llava.jsonl`), with errors that name the file and what it was supposed
+    to be."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({what}): {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({what}): {e}") from None
+        return jsonl.read_json(path)
+    except JsonFileError as e:
+        if e.kind == jsonl.MISSING:
+            raise DataError(f"{path}: file not found ({what})") from None
+        if e.kind == jsonl.MALFORMED:
+            raise DataError(f"{path}: not valid JSON ({what}): {e.cause}") from None
+        if e.kind == jsonl.NOT_UTF8:
+            raise DataError(f"{path}: not UTF-8 text ({what}): {e.problem}") from None
+        raise DataError(f"{e} ({what})") from None
 
 
 def write_json(path: str, samples: List[dict]) -> None:

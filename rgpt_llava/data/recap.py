@@ -25,9 +25,10 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rgpt_llava.data.common import CocoIndex, DataError, Stats, box_region, clean_text, iter_progress, rng_for
-from rgpt_llava.jsonl import read_resumable_jsonl
-from rgpt_llava.paths import output_clash
+from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
+from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, build_prompt, check_conv_mode, with_image
+from rgpt_llava.serve.engine import RegionEngine
 
 PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recap_prompts.json")
 GLOBAL_SLOT, CLASS_SLOT = "<GlobalCaption>", "<ClassName>"
@@ -92,54 +93,78 @@ def crop_box(bbox: Sequence[float], size: Tuple[int, int], margin: float) -> Tup
 # ----------------------------------------------------------------------------------------------------------------------
 # Model: generation with LLaVA's conversation templates
 # ----------------------------------------------------------------------------------------------------------------------
+class ImageOnlyModel:
+    """A plain LLaVA model behind RGPT's interface, without regions (composition: every other attribute is the
+    LLaVA model's): RecapD captions whole images and crops, so a LLaVA checkpoint serves it as an RGPT one does."""
+
+    def __init__(self, model):
+        self.__dict__["llava"] = model
+
+    def __getattr__(self, name):
+        return getattr(self.llava, name)
+
+    def merge_size(self) -> Tuple[int, int]:
+        side = self.llava.get_vision_tower().num_patches_per_side
+        return side, side
+
+    region_map_size = merge_size     # masks are never made: no region is ever passed
+
+    def encode_images_and_regions(self, images, region_masks=None):
+        if region_masks is not None and any(m is not None and len(m) for m in region_masks):
+            raise ValueError("a plain LLaVA checkpoint has no region encoder")
+        return self.llava.encode_images(images), [None] * images.shape[0]
+
+
+class CaptionEngine(RegionEngine):
+    """:class:`RegionEngine` that also holds a plain LLaVA checkpoint (:class:`ImageOnlyModel`): RecapD's captioner
+    is often LLaVA itself (paper Sec. 3.3)."""
+
+    def __init__(self, tokenizer, model, image_processor, context_len=None, **kwargs):
+        if not hasattr(model, "encode_images_and_regions"):
+            model = ImageOnlyModel(model)
+        super().__init__(tokenizer, model, image_processor, context_len, **kwargs)
+
+
 class LlavaGenerator:
-    """Greedy, batched ``model.generate`` of any LLaVA / RGPT checkpoint loaded by
-    ``rgpt_llava.model.builder.load_pretrained_model``; prompts in ``conv_templates[conv_mode]``, images through
-    LLaVA's ``process_images``, ids through ``tokenizer_image_token``; left padding."""
+    """Greedy, batched captions of any LLaVA / RGPT checkpoint through the request path of every entry point:
+    ``RegionEngine.load`` (the padding side too), each (image, prompt) checked and encoded by ``engine.prepare``,
+    the batch decoded by :mod:`rgpt_llava.generation` (each prompt on its own image); prompts in
+    ``conv_templates[conv_mode]``."""
 
     def __init__(self, model_path: str, model_base: Optional[str] = None, device: str = "cpu",
                  conv_mode: str = DEFAULT_CONV_MODE, max_new_tokens: int = 512, load_4bit: bool = False,
                  load_8bit: bool = False):
-        from rgpt_llava.model.builder import load_pretrained_model
         try:
             check_conv_mode(conv_mode)
         except ValueError as e:
             raise ValueError(f"--conv-mode {e}") from None
-        self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
-            model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
-        self.model.config.tokenizer_padding_side = "left"
+        self.engine = CaptionEngine.load(model_path, model_base, device=device, load_4bit=load_4bit,
+                                         load_8bit=load_8bit)
+        self.engine.model.eval()
         self.device, self.conv_mode, self.max_new_tokens = device, conv_mode, max_new_tokens
         self.name = os.path.basename(os.path.normpath(model_path))
 
     def prompt(self, text: str) -> str:
         from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
         image = DEFAULT_IMAGE_TOKEN
-        if getattr(self.model.config, "mm_use_im_start_end", False):
+        if getattr(self.engine.model.config, "mm_use_im_start_end", False):
             image = DEFAULT_IM_START_TOKEN + image + DEFAULT_IM_END_TOKEN
         return build_prompt([("user", with_image(text, image))], self.conv_mode)
 
     def __call__(self, images: Sequence[Any], prompts: Sequence[str]) -> List[str]:
-        import torch
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import process_images, tokenizer_image_token
-        ids = [tokenizer_image_token(self.prompt(p), self.tokenizer, IMAGE_TOKEN_INDEX) for p in prompts]
-        n = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = torch.full((len(ids), n), pad, dtype=torch.long)
-        att = torch.zeros((len(ids), n), dtype=torch.long)
-        for i, x in enumerate(ids):
-            batch[i, n - len(x):] = torch.tensor(x)
-            att[i, n - len(x):] = 1
-        dtype = next(self.model.parameters()).dtype
-        pixels = process_images(list(images), self.image_processor, self.model.config).to(self.device, dtype)
-        eos = self.tokenizer.eos_token_id
-        with torch.inference_mode():
-            out = self.model.generate(batch.to(self.device), attention_mask=att.to(self.device), images=pixels,
-                                      image_sizes=[im.size for im in images], do_sample=False, num_beams=1,
-                                      max_new_tokens=self.max_new_tokens, use_cache=True, eos_token_id=eos,
-                                      pad_token_id=pad if pad is not None else eos)
-        # transformers 4.37 starts an inputs_embeds generation with the BOS it initialises; special tokens dropped.
-        return [clean_text(t) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        from rgpt_llava import generation
+        from rgpt_llava.serve.engine import Sampling
+        from rgpt_llava.serve.inputs import InputError
+        engine = self.engine
+        sampling = Sampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        try:
+            jobs = [engine.prepare(image, [(self.prompt(p), [])], sampling) for image, p in zip(images, prompts)]
+        except InputError as e:
+            raise DataError(f"RecapD prompt: {e}") from None
+        out = generation.generate_same_image(engine.model, [j.image for j in jobs], [j.prompts[0] for j in jobs],
+                                             None, min(j.max_new_tokens for j in jobs),
+                                             engine.tokenizer.eos_token_id, batch_size=len(jobs))
+        return [clean_text(engine.tokenizer.decode(o, skip_special_tokens=True)) for o in out]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,8 +174,8 @@ def _read_jsonl(path: str) -> List[dict]:
     """Rows written so far (a line cut by a crash is dropped; see rgpt_llava.jsonl)."""
     try:
         return read_resumable_jsonl(path)
-    except ValueError as e:
-        raise DataError(f"{path}: {e}; fix or delete the file to resume") from None
+    except JsonFileError as e:
+        raise DataError(f"{e}; fix or delete the file to resume") from None
 
 
 class JsonlAppender:
@@ -208,133 +233,174 @@ def plan(index: CocoIndex, stats: Stats, num_chunks: int = 1, chunk_idx: int = 0
 # ----------------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------------------------------
+def _resume_state(out: str) -> Tuple[set, Dict[str, dict]]:
+    """``(done, global captions)`` of an earlier run: the (image, annotation) keys already written or rejected, and
+    each image's stage-1 caption (in ``out`` and its sidecar)."""
+    done = {(_key(r.get("image_id")), _key(r.get("ann_id"))) for r in _read_jsonl(out)}
+    globals_: Dict[str, dict] = {}
+    for r in _read_jsonl(out) + _read_jsonl(state_path(out)):
+        if r.get("global_caption") is not None:
+            globals_.setdefault(_key(r.get("image_id")),
+                                {"caption": r["global_caption"], "variant": r.get("global_prompt_variant")})
+        if r.get("rejected"):
+            done.add((_key(r.get("image_id")), _key(r.get("ann_id"))))
+    return done, globals_
+
+
+class _RecapRun:
+    """One run's state and its steps: open a batch of images, caption the images (stage 1), then their regions
+    (stage 2), scoring and writing each row."""
+
+    def __init__(self, index: CocoIndex, image_folder: str, out: str, generator: Generator, scorer: Optional[Scorer],
+                 min_clip_score: Optional[float], context_margin: float, batch_size: int, seed: int,
+                 rejected_out: Optional[str], model_name: str, stats: Stats, on_row: Optional[Callable[[dict], None]],
+                 globals_: Dict[str, dict], prompts: Dict[str, List[str]]):
+        self.index, self.image_folder, self.generator, self.scorer = index, image_folder, generator, scorer
+        self.min_clip_score, self.context_margin, self.batch_size = min_clip_score, context_margin, batch_size
+        self.seed, self.model_name, self.stats, self.on_row, self.globals = seed, model_name, stats, on_row, globals_
+        self.prompts = prompts
+        self.writer, self.state = JsonlAppender(out), JsonlAppender(state_path(out))
+        self.rejected_writer = JsonlAppender(rejected_out)
+        self.counts: Counter = Counter()
+        self.new_rows: List[dict] = []
+        self.scores: List[float] = []
+        self.bar = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+        self.state.close()
+        self.rejected_writer.close()
+
+    def open_images(self, batch: Sequence[Tuple[Any, List[dict]]]) -> List[tuple]:
+        """``(image_id, file name, image, annotations)`` of the images that can be read; the others are counted skips
+        (with their regions)."""
+        from PIL import Image
+        group = []
+        for image_id, anns in batch:
+            rel = self.index.file_name(image_id)
+            path = os.path.join(self.image_folder, rel)
+            item = f"image {image_id} ({rel})"
+            if not os.path.isfile(path):
+                self.stats.skip("image file not found", item, f"not found in --image-folder {self.image_folder} "
+                                                              f"({len(anns)} region(s))")
+                self.stats.skip("regions of a missing or unreadable image", item, n=len(anns))
+                self.bar.update(len(anns))
+                continue
+            try:
+                image = Image.open(path).convert("RGB")
+            except Exception as e:  # PIL raises assorted errors
+                self.stats.skip("image file unreadable", item, f"cannot read {path}: {e}")
+                self.stats.skip("regions of a missing or unreadable image", item, n=len(anns))
+                self.bar.update(len(anns))
+                continue
+            group.append((image_id, rel, image, anns))
+        return group
+
+    def caption_images(self, group: Sequence[tuple]) -> None:
+        """Stage 1: global captions of the images that have none yet (batched), kept in the sidecar."""
+        need = [x for x in group if _key(x[0]) not in self.globals]
+        if not need:
+            return
+        variants = [global_variant(self.seed, x[0], len(self.prompts["global"])) for x in need]
+        caps = self.generator([x[2] for x in need], [self.prompts["global"][v] for v in variants])
+        self.counts["global captions generated"] += len(need)
+        for x, v, c in zip(need, variants, caps):
+            self.globals[_key(x[0])] = {"caption": c, "variant": v}
+            self.state.write({"image_id": x[0], "global_caption": c, "global_prompt_variant": v})
+
+    def region_jobs(self, group: Sequence[tuple]) -> List[dict]:
+        """Stage 2's inputs: each region's crop (its box grown by the context margin) and prompt."""
+        jobs = []
+        for image_id, rel, image, anns in group:
+            glob = self.globals[_key(image_id)]
+            for ann in anns:
+                cat = self.index.categories[ann["category_id"]]
+                v = region_variant(self.seed, image_id, ann["id"], len(self.prompts["region"]))
+                name = class_name(cat)
+                box = crop_box(ann["bbox"], image.size, self.context_margin)
+                jobs.append(dict(image_id=image_id, rel=rel, ann=ann, crop=image.crop(box), box=box,
+                                 size=image.size, variant=v, name=name, glob=glob,
+                                 prompt=region_prompt(self.prompts["region"][v], glob["caption"], name)))
+        return jobs
+
+    def caption_regions(self, jobs: Sequence[dict]) -> None:
+        """Stage 2: region captions (batched), CLIP scores, rows kept, rejected or skipped (empty)."""
+        for b in range(0, len(jobs), self.batch_size):
+            batch = jobs[b:b + self.batch_size]
+            caps = self.generator([j["crop"] for j in batch], [j["prompt"] for j in batch])
+            sc: List[Optional[float]] = [None] * len(batch)
+            if self.scorer is not None:
+                sc = [float(s) for s in self.scorer([j["crop"] for j in batch], caps)]
+            for j, cap, s in zip(batch, caps, sc):
+                self.write_row(j, cap, s)
+
+    def write_row(self, j: dict, cap: str, s: Optional[float]) -> None:
+        ann = j["ann"]
+        row = {"image": j["rel"], "image_id": j["image_id"], "ann_id": ann["id"], "bbox": ann["bbox"],
+               "width": j["size"][0], "height": j["size"][1], "category": j["name"],
+               "caption": cap, "clip_score": s, "global_caption": j["glob"]["caption"],
+               "global_prompt_variant": j["glob"]["variant"], "prompt_variant": j["variant"],
+               "prompt": j["prompt"], "crop": list(j["box"]), "source": "recap", "model": self.model_name}
+        if ann.get("segmentation") is not None:
+            row["segmentation"] = ann["segmentation"]
+        if s is not None:
+            self.scores.append(s)
+        if not cap.strip():
+            self.counts["empty captions (not written)"] += 1
+            self.stats.skip("empty caption", f"annotation {ann['id']} (image {j['image_id']})",
+                            "the model produced an empty caption (not written; a resume retries it)")
+        elif self.min_clip_score is not None and s < self.min_clip_score:
+            self.counts["rejected"] += 1
+            self.rejected_writer.write(row)
+            self.state.write({"image_id": j["image_id"], "ann_id": ann["id"], "rejected": True, "clip_score": s})
+        else:
+            self.counts["kept"] += 1
+            self.writer.write(row)
+            self.new_rows.append(row)
+        self.bar.update(1)
+        if self.on_row is not None:
+            self.on_row(row)
+
+
 def run(annotations: str, image_folder: str, out: str, generator: Generator, scorer: Optional[Scorer] = None,
         min_clip_score: Optional[float] = None, context_margin: float = 0.1, batch_size: int = 8,
         num_chunks: int = 1, chunk_idx: int = 0, seed: int = 0, rejected_out: Optional[str] = None,
         model_name: str = "", stats: Optional[Stats] = None, on_row: Optional[Callable[[dict], None]] = None) -> dict:
     """Caption every region of this chunk that ``out`` does not have yet; returns the summary counts."""
-    from PIL import Image
     if min_clip_score is not None and scorer is None:
         raise ValueError("--min-clip-score needs --clip-model")
     if context_margin < 0:
         raise ValueError("--context-margin must be >= 0")
     batch_size = max(1, int(batch_size))
     stats = stats or Stats("recap")
-    prompts = load_prompts()
+    prompts = load_prompts()     # a broken prompt file fails before the annotations are read
     index = CocoIndex(annotations, "COCO-style instances JSON (RecapD input)")
     todo = plan(index, stats, num_chunks, chunk_idx)
-
-    done = {(_key(r.get("image_id")), _key(r.get("ann_id"))) for r in _read_jsonl(out)}
-    globals_: Dict[str, dict] = {}
-    rejected_done = set()
-    for r in _read_jsonl(out) + _read_jsonl(state_path(out)):
-        if r.get("global_caption") is not None:
-            globals_.setdefault(_key(r.get("image_id")),
-                                {"caption": r["global_caption"], "variant": r.get("global_prompt_variant")})
-        if r.get("rejected"):
-            rejected_done.add((_key(r.get("image_id")), _key(r.get("ann_id"))))
-    writer, state = JsonlAppender(out), JsonlAppender(state_path(out))
-    rejected_writer = JsonlAppender(rejected_out)
-    counts = Counter()
-    new_rows: List[dict] = []
-    scores: List[float] = []
-
+    done, globals_ = _resume_state(out)
+    job = _RecapRun(index, image_folder, out, generator, scorer, min_clip_score, context_margin, batch_size, seed,
+                    rejected_out, model_name, stats, on_row, globals_, prompts)
     pending = []  # (image_id, anns still to caption)
-    done |= rejected_done
     for image_id, anns in todo:
         left = [a for a in anns if (_key(image_id), _key(a["id"])) not in done]
-        counts["regions"] += len(anns)
-        counts["already done"] += len(anns) - len(left)
+        job.counts["regions"] += len(anns)
+        job.counts["already done"] += len(anns) - len(left)
         if left:
             pending.append((image_id, left))
 
-    bar = iter_progress(None, "recap: regions", total=sum(len(a) for _, a in pending))
+    job.bar = iter_progress(None, "recap: regions", total=sum(len(a) for _, a in pending))
     try:
         for g in range(0, len(pending), batch_size):
-            group = []
-            for image_id, anns in pending[g:g + batch_size]:
-                rel = index.file_name(image_id)
-                path = os.path.join(image_folder, rel)
-                item = f"image {image_id} ({rel})"
-                if not os.path.isfile(path):
-                    stats.skip("image file not found", item, f"not found in --image-folder {image_folder} "
-                                                             f"({len(anns)} region(s))")
-                    stats.skip("regions of a missing or unreadable image", item, n=len(anns))
-                    bar.update(len(anns))
-                    continue
-                try:
-                    image = Image.open(path).convert("RGB")
-                except Exception as e:  # PIL raises assorted errors
-                    stats.skip("image file unreadable", item, f"cannot read {path}: {e}")
-                    stats.skip("regions of a missing or unreadable image", item, n=len(anns))
-                    bar.update(len(anns))
-                    continue
-                group.append((image_id, rel, image, anns))
-
-            # Stage 1: global captions of the images that have none yet (batched).
-            need = [x for x in group if _key(x[0]) not in globals_]
-            if need:
-                variants = [global_variant(seed, x[0], len(prompts["global"])) for x in need]
-                caps = generator([x[2] for x in need], [prompts["global"][v] for v in variants])
-                counts["global captions generated"] += len(need)
-                for x, v, c in zip(need, variants, caps):
-                    globals_[_key(x[0])] = {"caption": c, "variant": v}
-                    state.write({"image_id": x[0], "global_caption": c, "global_prompt_variant": v})
-
-            # Stage 2: region captions (batched), CLIP scores, rows.
-            jobs = []
-            for image_id, rel, image, anns in group:
-                glob = globals_[_key(image_id)]
-                for ann in anns:
-                    cat = index.categories[ann["category_id"]]
-                    v = region_variant(seed, image_id, ann["id"], len(prompts["region"]))
-                    name = class_name(cat)
-                    box = crop_box(ann["bbox"], image.size, context_margin)
-                    jobs.append(dict(image_id=image_id, rel=rel, ann=ann, crop=image.crop(box), box=box,
-                                     size=image.size, variant=v, name=name, glob=glob,
-                                     prompt=region_prompt(prompts["region"][v], glob["caption"], name)))
-            for b in range(0, len(jobs), batch_size):
-                batch = jobs[b:b + batch_size]
-                caps = generator([j["crop"] for j in batch], [j["prompt"] for j in batch])
-                sc: List[Optional[float]] = [None] * len(batch)
-                if scorer is not None:
-                    sc = [float(s) for s in scorer([j["crop"] for j in batch], caps)]
-                for j, cap, s in zip(batch, caps, sc):
-                    ann = j["ann"]
-                    row = {"image": j["rel"], "image_id": j["image_id"], "ann_id": ann["id"], "bbox": ann["bbox"],
-                           "width": j["size"][0], "height": j["size"][1], "category": j["name"],
-                           "caption": cap, "clip_score": s, "global_caption": j["glob"]["caption"],
-                           "global_prompt_variant": j["glob"]["variant"], "prompt_variant": j["variant"],
-                           "prompt": j["prompt"], "crop": list(j["box"]), "source": "recap", "model": model_name}
-                    if ann.get("segmentation") is not None:
-                        row["segmentation"] = ann["segmentation"]
-                    if s is not None:
-                        scores.append(s)
-                    if not cap.strip():
-                        counts["empty captions (not written)"] += 1
-                        stats.skip("empty caption", f"annotation {ann['id']} (image {j['image_id']})",
-                                   "the model produced an empty caption (not written; a resume retries it)")
-                    elif min_clip_score is not None and s < min_clip_score:
-                        counts["rejected"] += 1
-                        rejected_writer.write(row)
-                        state.write({"image_id": j["image_id"], "ann_id": ann["id"], "rejected": True,
-                                     "clip_score": s})
-                    else:
-                        counts["kept"] += 1
-                        writer.write(row)
-                        new_rows.append(row)
-                    bar.update(1)
-                    if on_row is not None:
-                        on_row(row)
+            group = job.open_images(pending[g:g + batch_size])
+            job.caption_images(group)
+            job.caption_regions(job.region_jobs(group))
     finally:
-        bar.close()
-        writer.close()
-        state.close()
-        rejected_writer.close()
+        job.close()
     stats.flush_warnings()
-    counts["skipped"] = sum(stats.skipped.values())
-    words = [len(r["caption"].split()) for r in new_rows]
-    return {"counts": counts, "stats": stats, "scores": scores,
+    job.counts["skipped"] = sum(stats.skipped.values())
+    words = [len(r["caption"].split()) for r in job.new_rows]
+    return {"counts": job.counts, "stats": stats, "scores": job.scores,
             "avg_words": (sum(words) / len(words)) if words else 0.0, "out": out}
 
 
@@ -394,15 +460,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    # neither output may be --annotations (nor any other file an argument names), nor the other output
+    args = parse_args_checked(parser(), argv, ("out", "rejected_out"))
     if args.min_clip_score is not None and args.clip_model is None:
         parser().error("--min-clip-score needs --clip-model")
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser().error(f"--chunk-idx must be in 0..{args.num_chunks - 1}")
-    clash = output_clash({"--out": args.out, "--rejected-out": args.rejected_out},
-                         {"--annotations": args.annotations})
-    if clash:
-        parser().error(clash)
     if args.device is None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -22,10 +22,11 @@ prompt per region, answered with the caption.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List, Optional
 
+from rgpt_llava import jsonl
+from rgpt_llava.jsonl import JsonFileError
 from rgpt_llava.data.common import (Conversation, DataError, Stats, coco_region, image_path, iter_progress,
                                     rng_for)
 from rgpt_llava.data.instructions import fill, load_pools
@@ -35,31 +36,31 @@ REQUIRED = ("image", "bbox", "caption")
 
 def read_rows(path: str, stats: Stats) -> List[dict]:
     """The JSONL rows; an unparsable or incomplete line is a counted skip, a file with no valid row an error."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found (RecapD JSONL rows)")
-    rows, lines = [], 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            lines += 1
-            item = f"{os.path.basename(path)} line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.skip("unparsable line", item, f"not valid JSON: {e}")
-                continue
-            if not isinstance(row, dict):
-                stats.skip("unparsable line", item, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            missing = [k for k in REQUIRED if k not in row]
-            if missing or not isinstance(row["image"], str) or not isinstance(row["caption"], str) \
-                    or not row["caption"].strip():
-                stats.skip("row missing a required field", item,
-                           f"missing {missing}" if missing else "'image' and 'caption' must be non-empty strings")
-                continue
-            row["_item"] = item
-            rows.append(row)
+    def item(line: int) -> str:
+        return f"{os.path.basename(path)} line {line}"
+
+    unparsable = []
+
+    def skip(e: JsonFileError) -> None:
+        unparsable.append(e)
+        stats.skip("unparsable line", item(e.line), f"not valid JSON: {e.cause}" if e.kind == jsonl.MALFORMED
+                   else f"expected a JSON object, got {e.problem}")
+    try:
+        records = jsonl.read_records(path, jsonl=True, skip=skip)
+    except JsonFileError as e:
+        raise DataError(f"{path}: file not found (RecapD JSONL rows)" if e.kind == jsonl.MISSING else str(e)) from None
+    lines = len(records) + len(unparsable)
+    rows = []
+    for where, row in records:
+        line = int(where.split()[1])
+        missing = [k for k in REQUIRED if k not in row]
+        if missing or not isinstance(row["image"], str) or not isinstance(row["caption"], str) \
+                or not row["caption"].strip():
+            stats.skip("row missing a required field", item(line),
+                       f"missing {missing}" if missing else "'image' and 'caption' must be non-empty strings")
+            continue
+        row["_item"] = item(line)
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no valid RecapD row in {lines} non-empty line(s); expected JSON Lines with "
                         f"{list(REQUIRED)} (see docs/DATA.md)")

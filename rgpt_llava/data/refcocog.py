@@ -20,13 +20,12 @@ Per image, one conversation over all refs of the chosen split (paper A.2):
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from typing import Any, Dict, List, Optional, Sequence
 
 from rgpt_llava.data.common import (CocoIndex, Conversation, DataError, Stats, clean_text, coco_region, image_path,
-                                    iter_progress, require, rng_for)
+                                    iter_progress, load_json, require, rng_for)
 from rgpt_llava.data.instructions import fill, load_pools, no_match_answer, rec_answer, rec_suffix, region_list
 
 TASKS = ("caption", "rec")
@@ -39,11 +38,7 @@ def load_refs(path: str) -> list:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found (RefCOCOg refs pickle)")
     if path.endswith(".json"):  # the same list, exported as JSON
-        try:
-            with open(path) as f:
-                refs = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
+        refs = load_json(path, "RefCOCOg refs JSON")
     else:
         refs = _load_pickle(path)
     require(isinstance(refs, list), path, f"expected a list of refs, got a {type(refs).__name__}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence, Tuple
 
 from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
+from rgpt_llava.jsonl import NOT_A_LIST, JsonFileError, read_records
 from rgpt_llava.mm_utils import region_references
 
 ASPECTS = ("pad", "square")
@@ -90,12 +91,10 @@ def main(argv=None):
     ap.add_argument("--image-folder", default=None, help="only needed for samples without width/height")
     args = ap.parse_args(argv)
     try:
-        data = json.loads(Path(args.inp).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: --in {args.inp}: {e}", file=sys.stderr)
-        return 2
-    if not isinstance(data, list):
-        print(f"error: --in {args.inp}: expected a JSON list of samples", file=sys.stderr)
+        data = [sample for _, sample in read_records(args.inp, jsonl=False, objects=False)]
+    except JsonFileError as e:
+        print(f"error: --in {args.inp}: expected a JSON list of samples" if e.kind == NOT_A_LIST else
+              f"error: --in {e}", file=sys.stderr)
         return 2
     out = []
     for i, s in enumerate(data):

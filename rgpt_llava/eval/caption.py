@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
-                                    print_table, read_json, read_json_or_jsonl, records, require, run_cli, write_json)
+                                    print_table, read_json, read_json_or_jsonl, read_rows, require, run_cli, write_json)
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 # characters that Java's PTBTokenizer (-preserveLines) treats as line breaks: one would shift every later caption
@@ -177,7 +177,7 @@ def evaluate(annotation_file: Union[str, dict, list], answers: Union[str, List[d
              metrics: Sequence[str] = METRICS, scorer: Optional[CaptionScorer] = None,
              per_item: bool = False) -> Dict[str, Any]:
     refs, orig = load_references(annotation_file)
-    rows = records(answers, "result file") if isinstance(answers, str) else \
+    rows = read_rows(answers, "result file") if isinstance(answers, str) else \
         [(f"answer {i}", a) for i, a in enumerate(answers)]
     by_id = index_by_id(rows, "question_id", "answer")
     where_of = {id_key(a["question_id"]): w for w, a in rows}

@@ -32,13 +32,14 @@ import contextlib
 import io
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
-                                    print_table, read_json, records, require, run_cli, write_json)
+                                    print_table, read_json, read_rows, require, run_cli, write_json)
 
 Embedder = Callable[[List[str]], Any]   # texts -> array [N, D]
 
@@ -367,15 +368,19 @@ def _pct(n: int, d: int) -> Optional[float]:
     return 100.0 * n / d if d else None
 
 
-def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
-             embedder: Union[None, str, Embedder] = None, synonym_threshold: Optional[float] = None,
-             allow_missing: bool = False, include_crowd: bool = False, ranking_topk: Optional[int] = None,
-             max_dets: Sequence[int] = (1, 10, 100), per_class: bool = False, examples: int = 10) -> Dict[str, Any]:
-    """Score region-classification answers. ``answers``: a JSONL path or a list of answer dicts. ``embedder``:
-    None (no synonym-aware accuracy), ``"minilm"`` or a callable texts -> embeddings [N, D]. Percentages and APs
-    are x100, as in the paper."""
-    gt, vocab, malformed = load_ground_truth(annotation_file)
-    rows = records(answers, "result file") if isinstance(answers, str) else \
+@dataclass
+class _Answered:
+    """The answers matched to the annotations they classify (ids in the annotation file's order)."""
+    scored: Dict[str, dict]        # annotation id -> annotation scored (crowd regions left out unless included)
+    by_id: Dict[str, dict]         # annotation id -> answer
+    where: Dict[str, str]          # annotation id -> the answer's place, for errors
+    ids: List[str]                 # answered ids, in the annotation file's order
+    missing: List[str]
+    ignored_crowd: List[str]
+
+
+def _match_answers(gt: dict, answers: Union[str, List[dict]], include_crowd: bool, allow_missing: bool) -> _Answered:
+    rows = read_rows(answers, "result file") if isinstance(answers, str) else \
         [(f"answer {i}", a) for i, a in enumerate(answers)]
     by_id = index_by_id(rows, "question_id", "answer")
     where_of = {id_key(a["question_id"]): w for w, a in rows}
@@ -388,13 +393,17 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
     ids, missing = match_ids(scored, by_id, "annotation file (annotation ids)", "answers", allow_missing)
     if not ids:
         raise EvalInputError("no answers to score")
+    return _Answered(scored, by_id, where_of, ids, missing, ignored_crowd)
 
-    # per-answer checks, generated classes
+
+def _generated_classes(m: _Answered, vocab: "Vocabulary"):
+    """``(texts, generated class ids, class probabilities or None)`` by id; an answer about another image or class
+    than its annotation's is an error (answers misaligned)."""
     gen: Dict[str, Optional[int]] = {}
     probs: Dict[str, Optional[Dict[int, float]]] = {}
     texts: Dict[str, str] = {}
-    for k in ids:
-        a, g, w = by_id[k], scored[k], where_of[k]
+    for k in m.ids:
+        a, g, w = m.by_id[k], m.scored[k], m.where[k]
         if "image_id" in a and a["image_id"] != g["image_id"] and str(a["image_id"]) != str(g["image_id"]):
             raise EvalInputError(f"{w}: image_id {a['image_id']!r} differs from annotation {g['id']}'s image_id "
                                  f"{g['image_id']!r} (answers misaligned?)")
@@ -405,48 +414,43 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
         texts[k] = answer_text(a, w)
         gen[k] = vocab.lookup(texts[k])
         probs[k] = _class_probs(a, w, vocab)
+    return texts, gen, probs
 
-    n = len(ids)
-    correct = sum(gen[k] == scored[k]["category_id"] for k in ids)
-    oov = collections.Counter(normalize_name(texts[k]) for k in ids if gen[k] is None)
-    result: Dict[str, Any] = {
-        "benchmark": "region_classification", "num_categories": len(vocab), "num_regions": n,
-        "num_missing": len(missing), "missing_ids": missing[:examples],
-        "num_crowd_answers_ignored": len(ignored_crowd),
-        "num_malformed_segmentations": len(malformed), "malformed_segmentation_ids": malformed[:examples],
-        "accuracy": _pct(correct, n), "num_correct": correct,
-        "num_out_of_vocabulary": sum(oov.values()),
-        "out_of_vocabulary_examples": [{"text": t, "count": c} for t, c in oov.most_common(examples)],
+
+def _synonym_accuracy(m: _Answered, vocab: "Vocabulary", texts, gen, embedder, synonym_threshold, examples: int):
+    """``(class ids with out-of-vocabulary answers mapped to their nearest class name, the result's "synonym"
+    entry)``, or ``(None, None)`` without an embedder."""
+    if embedder is None:
+        return None, None
+    ids, n = m.ids, len(m.ids)
+    emb = MiniLMEmbedder() if embedder == "minilm" else embedder
+    mapping = map_to_vocabulary([texts[k] for k in ids if gen[k] is None], vocab, emb, synonym_threshold)
+    syn_gen = {k: gen[k] if gen[k] is not None else mapping.get(normalize_name(texts[k]), (None, 0.0))[0]
+               for k in ids}
+    remaps = collections.Counter()
+    for k in ids:
+        if gen[k] is None and syn_gen[k] is not None:
+            remaps[normalize_name(texts[k])] += 1
+    syn_correct = sum(syn_gen[k] == m.scored[k]["category_id"] for k in ids)
+    return syn_gen, {
+        "embedder": getattr(emb, "name", type(emb).__name__), "threshold": synonym_threshold,
+        "accuracy": _pct(syn_correct, n), "num_correct": syn_correct,
+        "num_remapped": sum(remaps.values()),
+        "num_unmapped": sum(1 for k in ids if syn_gen[k] is None),
+        "remap_examples": [{"text": t, "mapped_to": vocab.names[mapping[t][0]],
+                            "similarity": round(mapping[t][1], 4), "count": c}
+                           for t, c in remaps.most_common(examples)],
     }
 
-    # synonym-aware accuracy
-    syn_gen: Optional[Dict[str, Optional[int]]] = None
-    if embedder is not None:
-        emb = MiniLMEmbedder() if embedder == "minilm" else embedder
-        mapping = map_to_vocabulary([texts[k] for k in ids if gen[k] is None], vocab, emb, synonym_threshold)
-        syn_gen = {k: gen[k] if gen[k] is not None else mapping.get(normalize_name(texts[k]), (None, 0.0))[0]
-                   for k in ids}
-        remaps = collections.Counter()
-        for k in ids:
-            if gen[k] is None and syn_gen[k] is not None:
-                remaps[normalize_name(texts[k])] += 1
-        syn_correct = sum(syn_gen[k] == scored[k]["category_id"] for k in ids)
-        result["synonym"] = {
-            "embedder": getattr(emb, "name", type(emb).__name__), "threshold": synonym_threshold,
-            "accuracy": _pct(syn_correct, n), "num_correct": syn_correct,
-            "num_remapped": sum(remaps.values()),
-            "num_unmapped": sum(1 for k in ids if syn_gen[k] is None),
-            "remap_examples": [{"text": t, "mapped_to": vocab.names[mapping[t][0]],
-                                "similarity": round(mapping[t][1], 4), "count": c}
-                               for t, c in remaps.most_common(examples)],
-        }
-    else:
-        result["synonym"] = None
 
-    # mAP: ground truth restricted to the answered regions (+ every crowd region of their images as ignore areas)
+def _map_scores(gt: dict, m: _Answered, vocab: "Vocabulary", gen, syn_gen, probs, ranking_topk, max_dets,
+                per_class) -> Dict[str, Any]:
+    """COCO mAP of the generated classes (and their synonym mapping), and of the ranked class probabilities;
+    ground truth restricted to the answered regions (+ every crowd region of their images as ignore areas)."""
+    ids, scored, n = m.ids, m.scored, len(m.ids)
     answered = set(ids)
     img_ids = sorted({scored[k]["image_id"] for k in ids}, key=str)
-    if missing:
+    if m.missing:
         keep_imgs = set(img_ids)
         gt = dict(gt)
         gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in keep_imgs and
@@ -456,8 +460,8 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
         a = scored[k]
         return {"image_id": a["image_id"], "category_id": cid, "bbox": list(a["bbox"]), "score": float(score)}
 
-    result["map_generated"] = coco_map(gt, [det(k, gen[k], 1.0) for k in ids if gen[k] is not None],
-                                       img_ids, max_dets, per_class)
+    result: Dict[str, Any] = {"map_generated": coco_map(gt, [det(k, gen[k], 1.0) for k in ids if gen[k] is not None],
+                                                        img_ids, max_dets, per_class)}
     if syn_gen is not None:
         result["map_generated_synonym"] = coco_map(
             gt, [det(k, syn_gen[k], 1.0) for k in ids if syn_gen[k] is not None], img_ids, max_dets, per_class)
@@ -466,22 +470,49 @@ def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
         result["map_ranking"] = None
         result["ranking_accuracy"] = None
         result["note_ranking"] = "no answer has 'scores' / 'logprobs': ranking mAP not computed"
-    else:
-        if len(with_scores) != n:
-            lacking = [by_id[k]["question_id"] for k in ids if probs[k] is None]
-            raise EvalInputError(f"ranking mAP needs 'scores' or 'logprobs' on every answer: {len(lacking)} of {n} "
-                                 f"lack them, e.g. question_id {lacking[0]!r}")
-        dets = []
-        for k in ids:
-            items = sorted(probs[k].items(), key=lambda cv: (-cv[1], vocab.index[cv[0]]))
-            if ranking_topk:
-                items = items[:ranking_topk]
-            dets.extend(det(k, c, p) for c, p in items if p > 0)
-        result["map_ranking"] = coco_map(gt, dets, img_ids, max_dets, per_class)
-        top = {k: max(probs[k].items(), key=lambda cv: (cv[1], -vocab.index[cv[0]]))[0] for k in ids}
-        rc = sum(top[k] == scored[k]["category_id"] for k in ids)
-        result["ranking_accuracy"] = _pct(rc, n)
-        result["num_ranking_incomplete"] = sum(1 for k in ids if len(probs[k]) < len(vocab))
+        return result
+    if len(with_scores) != n:
+        lacking = [m.by_id[k]["question_id"] for k in ids if probs[k] is None]
+        raise EvalInputError(f"ranking mAP needs 'scores' or 'logprobs' on every answer: {len(lacking)} of {n} "
+                             f"lack them, e.g. question_id {lacking[0]!r}")
+    dets = []
+    for k in ids:
+        items = sorted(probs[k].items(), key=lambda cv: (-cv[1], vocab.index[cv[0]]))
+        if ranking_topk:
+            items = items[:ranking_topk]
+        dets.extend(det(k, c, p) for c, p in items if p > 0)
+    result["map_ranking"] = coco_map(gt, dets, img_ids, max_dets, per_class)
+    top = {k: max(probs[k].items(), key=lambda cv: (cv[1], -vocab.index[cv[0]]))[0] for k in ids}
+    rc = sum(top[k] == scored[k]["category_id"] for k in ids)
+    result["ranking_accuracy"] = _pct(rc, n)
+    result["num_ranking_incomplete"] = sum(1 for k in ids if len(probs[k]) < len(vocab))
+    return result
+
+
+def evaluate(annotation_file: Union[str, dict], answers: Union[str, List[dict]],
+             embedder: Union[None, str, Embedder] = None, synonym_threshold: Optional[float] = None,
+             allow_missing: bool = False, include_crowd: bool = False, ranking_topk: Optional[int] = None,
+             max_dets: Sequence[int] = (1, 10, 100), per_class: bool = False, examples: int = 10) -> Dict[str, Any]:
+    """Score region-classification answers. ``answers``: a JSONL path or a list of answer dicts. ``embedder``:
+    None (no synonym-aware accuracy), ``"minilm"`` or a callable texts -> embeddings [N, D]. Percentages and APs
+    are x100, as in the paper."""
+    gt, vocab, malformed = load_ground_truth(annotation_file)
+    m = _match_answers(gt, answers, include_crowd, allow_missing)
+    texts, gen, probs = _generated_classes(m, vocab)
+    ids, n = m.ids, len(m.ids)
+    correct = sum(gen[k] == m.scored[k]["category_id"] for k in ids)
+    oov = collections.Counter(normalize_name(texts[k]) for k in ids if gen[k] is None)
+    result: Dict[str, Any] = {
+        "benchmark": "region_classification", "num_categories": len(vocab), "num_regions": n,
+        "num_missing": len(m.missing), "missing_ids": m.missing[:examples],
+        "num_crowd_answers_ignored": len(m.ignored_crowd),
+        "num_malformed_segmentations": len(malformed), "malformed_segmentation_ids": malformed[:examples],
+        "accuracy": _pct(correct, n), "num_correct": correct,
+        "num_out_of_vocabulary": sum(oov.values()),
+        "out_of_vocabulary_examples": [{"text": t, "count": c} for t, c in oov.most_common(examples)],
+    }
+    syn_gen, result["synonym"] = _synonym_accuracy(m, vocab, texts, gen, embedder, synonym_threshold, examples)
+    result.update(_map_scores(gt, m, vocab, gen, syn_gen, probs, ranking_topk, max_dets, per_class))
     return result
 
 

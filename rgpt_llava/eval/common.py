@@ -1,4 +1,5 @@
-"""Shared input handling for the scorers: JSON / JSONL reading with line numbers, id matching, tables, output.
+"""Shared input handling for the scorers: JSON / JSONL reading (:mod:`rgpt_llava.jsonl`) in their wording, id
+matching, tables, output.
 
 Every scorer matches answers to references BY ID, never by position: ids are compared by their string form (``5``
 and ``"5"`` are the same id, so a file that has both is a duplicate), duplicates are errors, and missing / extra
@@ -11,6 +12,9 @@ import math
 import os
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from rgpt_llava import jsonl
+from rgpt_llava.jsonl import JsonFileError
 
 
 class EvalInputError(ValueError):
@@ -27,67 +31,40 @@ def id_key(value: Any, where: str = "") -> str:
     return key
 
 
-def _check_file(path: str, what: str) -> None:
-    if not os.path.exists(path):
-        raise EvalInputError(f"{what} not found: {path}")
-    if os.path.isdir(path):
-        raise EvalInputError(f"{what} is a directory, expected a file: {path}")
-
-
-def read_jsonl(path: str, what: str = "file") -> List[Tuple[int, Any]]:
-    """``[(line_number, object), ...]`` of a JSONL file; blank lines are skipped, a malformed line is an error."""
-    _check_file(path, what)
-    rows = []
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line.rstrip("\r\n"))))
-            except json.JSONDecodeError as e:
-                raise EvalInputError(f"{what} {path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno})")
-    return rows
+def input_error(e: JsonFileError, what: str) -> EvalInputError:
+    """The scorers' wording of a file that could not be read: ``question file X, line 3: malformed JSON (...)``."""
+    if e.kind == jsonl.MISSING:
+        return EvalInputError(f"{what} not found: {e.path}")
+    if e.kind == jsonl.DIRECTORY:
+        return EvalInputError(f"{what} is a directory, expected a file: {e.path}")
+    if e.kind == jsonl.NOT_A_LIST:
+        return EvalInputError(f"{what} {e.path}: expected JSON lines or a JSON list of objects")
+    if e.kind == jsonl.NOT_AN_OBJECT:
+        return EvalInputError(f"{what} {e.path}, {e.where}: expected a JSON object, got {e.problem}")
+    return EvalInputError(f"{what} {e}")
 
 
 def read_json(path: str, what: str = "file") -> Any:
-    _check_file(path, what)
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EvalInputError(f"{what} {path}, line {e.lineno}: malformed JSON ({e.msg} at column {e.colno})")
+        return jsonl.read_json(path)
+    except JsonFileError as e:
+        raise input_error(e, what) from None
 
 
 def read_json_or_jsonl(path: str, what: str = "file") -> Tuple[str, Any]:
     """``("json", obj)`` when the whole file is one JSON value, else ``("jsonl", [(lineno, obj), ...])``."""
-    _check_file(path, what)
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
     try:
-        return "json", json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    return "jsonl", read_jsonl(path, what)
+        return jsonl.read_json_or_jsonl(path)
+    except JsonFileError as e:
+        raise input_error(e, what) from None
 
 
-def records(path: str, what: str) -> List[Tuple[str, dict]]:
+def read_rows(path: str, what: str) -> List[Tuple[str, dict]]:
     """Objects of a JSONL file (or a JSON list) as ``[(location, obj), ...]``; every item must be an object."""
-    kind, data = read_json_or_jsonl(path, what)
-    if kind == "json":
-        if isinstance(data, dict):   # a one-object JSONL file
-            with open(path, "r", encoding="utf-8") as f:
-                first = next((n for n, line in enumerate(f, 1) if line.strip()), 1)
-            return [(f"{what} {path}, line {first}", data)]
-        if not isinstance(data, list):
-            raise EvalInputError(f"{what} {path}: expected JSON lines or a JSON list of objects")
-        rows = [(f"{what} {path}, item {i}", obj) for i, obj in enumerate(data)]
-    else:
-        rows = [(f"{what} {path}, line {n}", obj) for n, obj in data]
-    for where, obj in rows:
-        if not isinstance(obj, dict):
-            raise EvalInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    return rows
+    try:
+        return [(f"{what} {path}, {where}", obj) for where, obj in jsonl.read_records(path)]
+    except JsonFileError as e:
+        raise input_error(e, what) from None
 
 
 def require(obj: dict, field: str, where: str, types: Optional[tuple] = None) -> Any:

@@ -1,13 +1,15 @@
 """Shared machinery of the generation steps (``python -m rgpt_llava.eval.model_<benchmark>``).
 
-* model loading through :func:`rgpt_llava.model.builder.load_pretrained_model`;
+* the model behind a :class:`rgpt_llava.serve.engine.RegionEngine` (:func:`load_engine`), and each image's questions
+  prepared by ``engine.prepare`` (:func:`question`, :func:`prepare`): the one request path of the CLI, the servers,
+  RecapD and evaluation -- image + regions + prompt -> the same checks and encoding -> :mod:`rgpt_llava.generation`;
 * LLaVA's sharding (``--num-chunks N --chunk-idx K``: :func:`get_chunk`, as ``llava/eval/model_vqa_loader.py``);
 * a resumable JSONL answers writer (:class:`AnswerWriter`): ids already in the file are skipped, every answer is
   flushed as soon as it is written, a line cut by a crash at the end of the file is dropped and regenerated;
 * prompts with ``conv_templates[--conv-mode]`` (default ``vicuna_v1``).
 
 The generation itself -- the image encoded once, the shared prefix's KV cache reused, the prompts decoded as a batch
--- is :mod:`rgpt_llava.generation`, which the CLI and the servers use too.
+-- is :mod:`rgpt_llava.generation` (:func:`answer`; ``--naive``: its ``model.generate`` reference path).
 """
 from __future__ import annotations
 
@@ -19,11 +21,19 @@ import sys
 from collections import OrderedDict
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
+from dataclasses import dataclass
+
 import torch
 
+from rgpt_llava import generation
+from rgpt_llava.eval.common import EvalInputError, id_key, read_rows
 from rgpt_llava.prompt import DEFAULT_CONV_MODE, check_conv_mode, question_answer_prompt
-from rgpt_llava.eval.common import EvalInputError, id_key
-from rgpt_llava.jsonl import read_resumable_jsonl
+from rgpt_llava.regions.kinds import parse_region
+from rgpt_llava.regions.region import Region
+from rgpt_llava.serve.engine import Job, RegionEngine, Sampling
+from rgpt_llava.serve.inputs import InputError
+from rgpt_llava.jsonl import JsonFileError, read_resumable_jsonl
+from rgpt_llava.paths import args_output_clash
 from rgpt_llava.progress import iter_progress
 
 
@@ -53,47 +63,14 @@ def fail(msg: str) -> None:
 
 
 def read_question_file(path: str, what: str = "question file") -> List[dict]:
-    """Objects of a JSONL file (or a JSON list); errors name the file and line."""
-    if not os.path.isfile(path):
-        fail(f"{what} not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            fail(f"{what} {path}, line {e.lineno}: malformed JSON ({e.msg})")
-        rows = [(f"{what} {path}, item {i}", o) for i, o in enumerate(data)]
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{what} {path}, line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                fail(f"{what} {path}, line {n}: malformed JSON ({e.msg} at column {e.colno})")
+    """Objects of a JSONL file (or a JSON list), each with a ``question_id`` and its place (``_where``, named in
+    errors: the file and line)."""
     out = []
-    for where, obj in rows:
-        if not isinstance(obj, dict):
-            fail(f"{where}: expected a JSON object")
+    for where, obj in read_rows(path, what):
         if "question_id" not in obj:
             fail(f"{where}: missing field 'question_id'")
-        obj = dict(obj)
-        obj["_where"] = where
-        out.append(obj)
+        out.append(dict(obj, _where=where))
     return out
-
-
-def read_json_file(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        fail(f"{what} not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            fail(f"{what} {path}, line {e.lineno}: malformed JSON ({e.msg} at column {e.colno})")
 
 
 def load_image(folder: str, name: Any, where: str):
@@ -120,8 +97,8 @@ class AnswerWriter:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             rows = read_resumable_jsonl(path, check=lambda obj: id_key(obj["question_id"]))
-        except ValueError as e:
-            fail(f"answers file {path}, {e}; fix or delete the file")
+        except JsonFileError as e:
+            fail(f"answers file {e}; fix or delete the file")
         self.done = {id_key(r["question_id"]) for r in rows}
         self.num_written = 0
         self._f = open(path, "a", encoding="utf-8")
@@ -172,31 +149,27 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="reference path: model.generate per batch of full prompts (no KV-cache reuse)")
 
 
-def check_run_args(args) -> None:
+def check_run_args(parser: argparse.ArgumentParser, args) -> None:
     """The chunk, and an answers file that is none of the files read (a question file taken as answers would look
     finished: every question_id 'done', nothing generated)."""
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         fail(f"--chunk-idx {args.chunk_idx} must be in 0..{args.num_chunks - 1} (--num-chunks {args.num_chunks})")
-    from rgpt_llava.paths import output_clash
-    clash = output_clash({"--answers-file": args.answers_file},
-                         {f"--{k.replace('_', '-')}": v for k, v in vars(args).items()
-                          if k.endswith("_file") and k != "answers_file"})
+    clash = args_output_clash(parser, args, ("answers_file",))
     if clash:
         fail(clash)
 
 
-def load_model(args):
-    from rgpt_llava.model.builder import load_pretrained_model
-    from llava.mm_utils import get_model_name_from_path
+def load_engine(args) -> RegionEngine:
+    """The checkpoint behind a :class:`RegionEngine` (``RegionEngine.load``: the same loading, padding side included,
+    as the CLI and the servers)."""
     if not os.path.isdir(args.model_path):
         fail(f"--model-path {args.model_path}: no such checkpoint folder")
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, get_model_name_from_path(args.model_path),
-        load_8bit=args.load_8bit, load_4bit=args.load_4bit, device=args.device)
-    model.eval()
-    # Batched generation pads on the left (the spliced sequences are re-padded by this setting).
-    model.config.tokenizer_padding_side = "left"
-    return tokenizer, model, image_processor
+    # Benchmark questions are not requests: no per-request region cap (a COCO image has up to 90 objects, all asked
+    # about in one prompt by coco_cls --mode one_turn_all).
+    engine = RegionEngine.load(args.model_path, args.model_base, device=args.device, load_8bit=args.load_8bit,
+                               load_4bit=args.load_4bit, max_regions=sys.maxsize)
+    engine.model.eval()
+    return engine
 
 
 def conv_prompt(turns: Sequence[Tuple[str, Optional[str]]], conv_mode: str = DEFAULT_CONV_MODE,
@@ -210,24 +183,17 @@ def conv_prompt(turns: Sequence[Tuple[str, Optional[str]]], conv_mode: str = DEF
     return question_answer_prompt(turns, conv_mode, image=image)
 
 
-def image_tensor(model, image_processor, image) -> torch.Tensor:
-    from llava.mm_utils import process_images
-    return process_images([image], image_processor, model.config)[0].to(model.device, dtype=model.dtype)
+@dataclass
+class Question:
+    """One prompt as the model gets it: the conversation text, its regions, and where it came from (for errors)."""
+    prompt: str
+    regions: List[Region]
+    where: str
 
 
-def region_masks(regions: Sequence[Any], image, image_processor, model, where: str) -> torch.Tensor:
-    from rgpt_llava.geometry import process_regions
-    try:
-        m = process_regions(list(regions), image.size, image_processor,
-                            getattr(model.config, "image_aspect_ratio", "pad"), map_size=model.region_map_size())
-    except (ValueError, FileNotFoundError) as e:
-        fail(f"{where}: {e}")
-    return m.to(model.device, dtype=model.dtype)
-
-
-def region_prompt(args, model, prompt: str, regions: Sequence[dict], image, where: str) -> str:
+def region_prompt(args, prompt: str, regions: Sequence[dict], image, where: str, aspect: str = "pad") -> str:
     """``prompt`` as the model gets it: unchanged, or with ``--regions-as-text`` each placeholder replaced by its
-    region's box text."""
+    region's box text (normalised to the image the model sees: ``aspect`` is the model's image_aspect_ratio)."""
     if not getattr(args, "regions_as_text", False):
         return prompt
     from rgpt_llava.data.text_regions import box_text, replace_regions
@@ -236,27 +202,60 @@ def region_prompt(args, model, prompt: str, regions: Sequence[dict], image, wher
         for k, r in enumerate(regions):
             if "bbox" not in r:
                 raise ValueError(f"region {k + 1} has no 'bbox' (--regions-as-text needs boxes)")
-            boxes.append(box_text(r["bbox"], *image.size, getattr(model.config, "image_aspect_ratio", "pad")))
+            boxes.append(box_text(r["bbox"], *image.size, aspect))
         return replace_regions(prompt, boxes)
     except ValueError as e:
         fail(f"{where}: {e}")
 
 
-def region_inputs(args, tokenizer, model, image_processor, prompt: str, regions: Sequence[dict], image,
-                  where: str) -> Tuple[List[int], Optional[torch.Tensor]]:
-    """Token ids and region masks of a prompt about ``regions`` (dicts with ``bbox`` / ``segmentation``).
-
-    With ``--regions-as-text`` the placeholders become the regions' box text and the masks are ``None``.
-    """
-    ids = tokenize(tokenizer, region_prompt(args, model, prompt, regions, image, where))
+def question(args, image, prompt: str, regions: Sequence[dict], where: str, aspect: str = "pad") -> Question:
+    """A prompt about ``regions`` (dicts with ``bbox`` / ``segmentation``, as the question files hold them) on
+    ``image``: the dicts become :class:`Region` objects here, once, an error naming the question; with
+    ``--regions-as-text`` the placeholders become the regions' box text and no region is passed."""
     if getattr(args, "regions_as_text", False):
-        return ids, None
-    return ids, region_masks(regions, image, image_processor, model, where)
+        return Question(region_prompt(args, prompt, regions, image, where, aspect), [], where)
+    try:
+        parsed = [parse_region(spec, k, image.size) for k, spec in enumerate(regions)]
+    except (ValueError, FileNotFoundError) as e:
+        fail(f"{where}: {e}")
+    return Question(prompt, parsed, where)
 
 
-def tokenize(tokenizer, prompt: str) -> List[int]:
-    from rgpt_llava.mm_utils import tokenizer_region_token
-    return tokenizer_region_token(prompt, tokenizer)
+def prepare(engine: RegionEngine, image, questions: Sequence[Question], max_new_tokens: int,
+            require_all_regions: bool = True) -> Job:
+    """The questions on one image as one :class:`Job` (``engine.prepare``: image, regions and prompts checked and
+    encoded as for every other entry point). An input error names the question at fault."""
+    sampling = Sampling(temperature=0.0, max_new_tokens=max_new_tokens)
+
+    def prepared(items: Sequence[Question]) -> Job:
+        return engine.prepare(image, [(q.prompt, q.regions) for q in items], sampling, param=items[0].where,
+                              require_all_regions=require_all_regions)
+    try:
+        return prepared(questions)
+    except InputError as e:
+        error = e
+    for q in questions[1:]:     # the questions are prepared together: which one is at fault, alone?
+        try:
+            prepared([q])
+        except InputError as e:
+            fail(str(e))
+    fail(str(error))
+
+
+def answer(engine: RegionEngine, job: Job, batch_size: int, naive: bool = False) -> List[str]:
+    """Greedy answers of a prepared job, ``batch_size`` prompts decoded together: the shared-prefix path of
+    :mod:`rgpt_llava.generation`, or with ``naive`` its reference path (``model.generate`` per batch)."""
+    model, tokenizer = engine.model, engine.tokenizer
+    if naive:
+        outs = []
+        for i in range(0, len(job.prompts), batch_size):
+            prompts = job.prompts[i:i + batch_size]
+            outs += generation.generate_naive(model, tokenizer, [job.image] * len(prompts), prompts,
+                                              job.masks[i:i + batch_size], job.max_new_tokens)
+    else:
+        outs = generation.generate_same_image(model, job.image, job.prompts, job.masks, job.max_new_tokens,
+                                              tokenizer.eos_token_id, batch_size)
+    return [decode(tokenizer, o) for o in outs]
 
 
 def group_by(items: Iterable[dict], key) -> "OrderedDict[Any, List[dict]]":

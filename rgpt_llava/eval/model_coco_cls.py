@@ -11,14 +11,18 @@ import re
 
 import torch
 
-from rgpt_llava.data.instructions import category_suffix
 from rgpt_llava import generation
-from rgpt_llava.eval import generate_common as G
+from rgpt_llava.data.instructions import category_suffix
+from rgpt_llava.eval.common import read_json
+from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, answer, by_image, check_run_args,
+                                             conv_prompt, fail, get_chunk, load_engine, load_image, log, prepare,
+                                             question, run_main)
+from rgpt_llava.mm_utils import tokenizer_region_token
 
 QUESTION = "What category name best describes the region represented by {region}?"
 
 
-def question(region: str, vocab: str) -> str:
+def class_question(region: str, vocab: str) -> str:
     return QUESTION.format(region=region) + " " + category_suffix(vocab)
 
 
@@ -42,13 +46,72 @@ def parse_all(text: str, n: int):
 
 def answer_ids(tokenizer, prompt: str, name: str):
     """Token ids of ``name`` as the complete assistant answer after ``prompt`` (then EOS)."""
-    base = G.tokenize(tokenizer, prompt)
-    full = G.tokenize(tokenizer, prompt + " " + name)
+    base = tokenizer_region_token(prompt, tokenizer)
+    full = tokenizer_region_token(prompt + " " + name, tokenizer)
     if full[:len(base)] == base and len(full) > len(base):
         ids = full[len(base):]
     else:
         ids = tokenizer(name, add_special_tokens=False).input_ids
     return ids + [tokenizer.eos_token_id]
+
+
+def read_annotations(args):
+    """``(images by id, [(category id, name)], annotations of this chunk)``; each annotation knows its place in the
+    file (``_where``) for errors."""
+    gt = read_json(args.annotation_file, "annotation file")
+    if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
+        fail(f"annotation file {args.annotation_file}: expected a COCO-style object with images, annotations, "
+             f"categories")
+    images = {im["id"]: im for im in gt["images"]}
+    cats = [(c["id"], c["name"]) for c in gt["categories"]]
+    anns = []
+    for i, a in enumerate(gt["annotations"]):
+        if a.get("iscrowd", 0) and not args.include_crowd:
+            continue
+        where = f"annotation file {args.annotation_file}, annotations[{i}] (id {a.get('id')!r})"
+        if a.get("image_id") not in images:
+            fail(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
+        anns.append(dict(a, _where=where))
+    anns.sort(key=lambda a: (str(a["image_id"]), str(a["id"])))
+    return images, cats, get_chunk(anns, args.num_chunks, args.chunk_idx)
+
+
+def each_region_job(args, engine, img, anns):
+    """One prompt per region: "What category ... <region1>?" (one_turn_each, and the prompts --rank-scores ranks the
+    class names after)."""
+    prompt = conv_prompt([(class_question("<region1>", args.vocab_name), None)], args.conv_mode)
+    return prepare(engine, img, [question(args, img, prompt, [a], a["_where"], engine.aspect) for a in anns],
+                   args.max_new_tokens)
+
+
+def multi_turn_answers(args, engine, img, anns):
+    """One conversation about all regions, one turn per region, each answer history for the next question."""
+    turns, texts = [], []
+    for k in range(len(anns)):
+        turns.append((class_question(f"<region{k + 1}>", args.vocab_name), None))
+        # every region is passed at every turn (the model sees the same masks), the prompt names the first k + 1
+        job = prepare(engine, img, [question(args, img, conv_prompt(turns, args.conv_mode), anns,
+                                             anns[0]["_where"], engine.aspect)],
+                      args.max_new_tokens, require_all_regions=False)
+        texts.append(answer(engine, job, 1)[0])
+        turns[-1] = (turns[-1][0], texts[-1])
+    return texts
+
+
+def all_at_once_answers(args, engine, img, anns):
+    """One question naming every region; the answer is split into per-region names (:func:`parse_all`)."""
+    prompt = conv_prompt([(all_question(len(anns), args.vocab_name), None)], args.conv_mode)
+    job = prepare(engine, img, [question(args, img, prompt, anns, anns[0]["_where"], engine.aspect)],
+                  args.max_new_tokens)
+    return parse_all(answer(engine, job, 1)[0], len(anns))
+
+
+def rank_scores(args, engine, job, name_ids):
+    """``[regions, classes]`` normalised likelihoods of every class name as the answer to each region's prompt."""
+    lp = torch.cat([generation.score_candidates(engine.model, job.image, job.prompts[i:i + args.batch_size],
+                                                job.masks[i:i + args.batch_size], name_ids, args.rank_chunk)
+                    for i in range(0, len(job.prompts), args.batch_size)])
+    return torch.softmax(lp, dim=1)
 
 
 def main(argv=None):
@@ -59,96 +122,45 @@ def main(argv=None):
     ap.add_argument("--rank-scores", action="store_true", help="add normalised likelihoods of every class name")
     ap.add_argument("--rank-chunk", type=int, default=64, help="class names scored together")
     ap.add_argument("--include-crowd", action="store_true")
-    G.add_common_args(ap)
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    G.check_run_args(args)
-    gt = G.read_json_file(args.annotation_file, "annotation file")
-    if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
-        G.fail(f"annotation file {args.annotation_file}: expected a COCO-style object with images, annotations, "
-               f"categories")
-    images = {im["id"]: im for im in gt["images"]}
-    cats = [(c["id"], c["name"]) for c in gt["categories"]]
-    anns = []
-    for i, a in enumerate(gt["annotations"]):
-        if a.get("iscrowd", 0) and not args.include_crowd:
-            continue
-        where = f"annotation file {args.annotation_file}, annotations[{i}] (id {a.get('id')!r})"
-        if a.get("image_id") not in images:
-            G.fail(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
-        anns.append(dict(a, _where=where))
-    anns.sort(key=lambda a: (str(a["image_id"]), str(a["id"])))
-    anns = G.get_chunk(anns, args.num_chunks, args.chunk_idx)
-    tokenizer, model, ip = G.load_model(args)
-    eos = tokenizer.eos_token_id
+    check_run_args(ap, args)
+    images, cats, anns = read_annotations(args)
+    engine = load_engine(args)
     name_ids = None
-    with G.AnswerWriter(args.answers_file) as w:
-        for image_id, group in G.by_image(anns, lambda a: a["image_id"], "classification"):
+    with AnswerWriter(args.answers_file) as w:
+        for image_id, group in by_image(anns, lambda a: a["image_id"], "classification"):
             todo = [a for a in group if not w.is_done(a["id"])]
             if not todo:
                 continue
             if args.mode == "multi_turn":
                 todo = group      # the conversation needs every earlier turn
-            img = G.load_image(args.image_folder, images[image_id].get("file_name"),
-                               f"{todo[0]['_where']}, image {image_id}")
-            x = G.image_tensor(model, ip, img)
-            q1 = question("<region1>", args.vocab_name)
-            texts = []
+            img = load_image(args.image_folder, images[image_id].get("file_name"),
+                             f"{todo[0]['_where']}, image {image_id}")
+            each = each_region_job(args, engine, img, todo) if args.mode == "one_turn_each" or args.rank_scores \
+                else None
             if args.mode == "one_turn_each":
-                inputs = [G.region_inputs(args, tokenizer, model, ip, G.conv_prompt([(q1, None)], args.conv_mode),
-                                          [a], img, a["_where"]) for a in todo]
-                prompts = [ids for ids, _ in inputs]
-                masks = [m for _, m in inputs]
-                if args.naive:
-                    outs = []
-                    for i in range(0, len(todo), args.batch_size):
-                        outs += generation.generate_naive(model, tokenizer, [x] * len(prompts[i:i + args.batch_size]),
-                                                 prompts[i:i + args.batch_size], masks[i:i + args.batch_size],
-                                                 args.max_new_tokens)
-                else:
-                    outs = generation.generate_same_image(model, x, prompts, masks, args.max_new_tokens, eos, args.batch_size)
-                texts = [G.decode(tokenizer, o) for o in outs]
+                texts = answer(engine, each, args.batch_size, args.naive)
+            elif args.mode == "multi_turn":
+                texts = multi_turn_answers(args, engine, img, todo)
             else:
-                if args.mode == "multi_turn":
-                    where = todo[0]["_where"]
-                    masks_all = None if args.regions_as_text else G.region_masks(todo, img, ip, model, where)
-                    turns = []
-                    for k in range(len(todo)):
-                        turns.append((question(f"<region{k + 1}>", args.vocab_name), None))
-                        ids = G.tokenize(tokenizer, G.region_prompt(args, model, G.conv_prompt(turns, args.conv_mode),
-                                                                    todo, img, where))
-                        out = generation.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
-                        texts.append(G.decode(tokenizer, out))
-                        turns[-1] = (turns[-1][0], texts[-1])
-                else:
-                    ids, masks_all = G.region_inputs(
-                        args, tokenizer, model, ip,
-                        G.conv_prompt([(all_question(len(todo), args.vocab_name), None)], args.conv_mode), todo,
-                        img, todo[0]["_where"])
-                    out = generation.generate_same_image(model, x, [ids], [masks_all], args.max_new_tokens, eos)[0]
-                    raw = G.decode(tokenizer, out)
-                    texts = parse_all(raw, len(todo))
+                texts = all_at_once_answers(args, engine, img, todo)
             scores = None
             if args.rank_scores:
-                prompt = G.conv_prompt([(q1, None)], args.conv_mode)
                 if name_ids is None:
-                    name_ids = [answer_ids(tokenizer, prompt, name) for _, name in cats]
-                inputs = [G.region_inputs(args, tokenizer, model, ip, prompt, [a], img, a["_where"]) for a in todo]
-                pids = [ids for ids, _ in inputs]
-                rmasks = [m for _, m in inputs]
-                lp = torch.cat([generation.score_candidates(model, x, pids[i:i + args.batch_size],
-                                                   rmasks[i:i + args.batch_size], name_ids, args.rank_chunk)
-                                for i in range(0, len(todo), args.batch_size)])
-                scores = torch.softmax(lp, dim=1)
+                    prompt = conv_prompt([(class_question("<region1>", args.vocab_name), None)], args.conv_mode)
+                    name_ids = [answer_ids(engine.tokenizer, prompt, name) for _, name in cats]
+                scores = rank_scores(args, engine, each, name_ids)
             for j, (a, t) in enumerate(zip(todo, texts)):
                 rec = {"question_id": a["id"], "text": t, "image_id": a["image_id"],
                        "category_id": a["category_id"]}
                 if scores is not None:
                     rec["scores"] = {str(cid): float(scores[j, c]) for c, (cid, _) in enumerate(cats)}
                 w.write(rec)
-        G.log(f"{w.num_written} answers written to {args.answers_file} ({len(anns)} regions in chunk "
-              f"{args.chunk_idx}/{args.num_chunks})")
+        log(f"{w.num_written} answers written to {args.answers_file} ({len(anns)} regions in chunk "
+            f"{args.chunk_idx}/{args.num_chunks})")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(G.run_main(main))
+    raise SystemExit(run_main(main))

@@ -9,8 +9,9 @@ it). Answers: ``{"question_id", "prompt", "text", "category"?}``.
 """
 import argparse
 
-from rgpt_llava import generation
-from rgpt_llava.eval import generate_common as G
+from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, answer, by_image, check_run_args,
+                                             conv_prompt, fail, get_chunk, load_engine, load_image, log, prepare,
+                                             question, read_question_file, run_main)
 
 SINGLE_WORD = "Answer the question using a single word or phrase."
 
@@ -19,36 +20,34 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--question-file", required=True)
     ap.add_argument("--no-single-word", action="store_true")
-    G.add_common_args(ap)
+    add_common_args(ap)
     ap.set_defaults(max_new_tokens=8)
     args = ap.parse_args(argv)
-    G.check_run_args(args)
-    qs = G.read_question_file(args.question_file)
+    check_run_args(ap, args)
+    qs = read_question_file(args.question_file)
     for q in qs:
         for f in ("image", "text"):
             if f not in q:
-                G.fail(f"{q['_where']}: missing field '{f}'")
-    qs = G.get_chunk(qs, args.num_chunks, args.chunk_idx)
-    tokenizer, model, ip = G.load_model(args)
-    with G.AnswerWriter(args.answers_file) as w:
-        for name, group in G.by_image(qs, lambda q: q["image"], "POPE"):
+                fail(f"{q['_where']}: missing field '{f}'")
+    qs = get_chunk(qs, args.num_chunks, args.chunk_idx)
+    engine = load_engine(args)
+    with AnswerWriter(args.answers_file) as w:
+        for name, group in by_image(qs, lambda q: q["image"], "POPE"):
             todo = [q for q in group if not w.is_done(q["question_id"])]
             if not todo:
                 continue
-            img = G.load_image(args.image_folder, name, todo[0]["_where"])
-            x = G.image_tensor(model, ip, img)
+            img = load_image(args.image_folder, name, todo[0]["_where"])
             texts = [q["text"] if args.no_single_word else q["text"] + "\n" + SINGLE_WORD for q in todo]
-            prompts = [G.tokenize(tokenizer, G.conv_prompt([(t, None)], args.conv_mode)) for t in texts]
-            outs = generation.generate_same_image(model, x, prompts, None, args.max_new_tokens, tokenizer.eos_token_id,
-                                         args.batch_size)
-            for q, t, o in zip(todo, texts, outs):
-                rec = {"question_id": q["question_id"], "prompt": t, "text": G.decode(tokenizer, o)}
+            job = prepare(engine, img, [question(args, img, conv_prompt([(t, None)], args.conv_mode), [],
+                                                 q["_where"]) for q, t in zip(todo, texts)], args.max_new_tokens)
+            for q, t, a in zip(todo, texts, answer(engine, job, args.batch_size, args.naive)):
+                rec = {"question_id": q["question_id"], "prompt": t, "text": a}
                 if "category" in q:
                     rec["category"] = q["category"]
                 w.write(rec)
-        G.log(f"{w.num_written} answers written to {args.answers_file}")
+        log(f"{w.num_written} answers written to {args.answers_file}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(G.run_main(main))
+    raise SystemExit(run_main(main))

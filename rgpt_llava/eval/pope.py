@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
-                                    print_table, records, require, run_cli, write_json)
+                                    print_table, read_rows, require, run_cli, write_json)
 
 
 def parse_yes_no(text: str) -> str:
@@ -84,7 +84,7 @@ def annotation_files(annotation_dir: str) -> List[str]:
 
 
 def _load_labels(path: str) -> Dict[str, dict]:
-    rows = records(path, "annotation file")
+    rows = read_rows(path, "annotation file")
     labels = index_by_id(rows, "question_id", "question")
     for where, obj in rows:
         lab = require(obj, "label", where, (str,))
@@ -94,7 +94,7 @@ def _load_labels(path: str) -> Dict[str, dict]:
 
 
 def _rows(ans: Union[str, List[dict]], name: str) -> List[Tuple[str, dict]]:
-    return records(ans, "result file") if isinstance(ans, str) else [(f"{name} {i}", a) for i, a in enumerate(ans)]
+    return read_rows(ans, "result file") if isinstance(ans, str) else [(f"{name} {i}", a) for i, a in enumerate(ans)]
 
 
 def evaluate(annotation_files_: Union[str, Sequence[str], Dict[str, str]], answers: Union[str, List[dict],
@@ -126,7 +126,7 @@ def evaluate(annotation_files_: Union[str, Sequence[str], Dict[str, str]], answe
         rows = _rows(answers, "answer")
         qcat: Dict[str, str] = {}
         if question_file:
-            for where, q in records(question_file, "question file"):
+            for where, q in read_rows(question_file, "question file"):
                 k = id_key(require(q, "question_id", where), f"{where}: question_")
                 if k in qcat:
                     raise EvalInputError(f"{where}: duplicate question_id {q['question_id']!r}")

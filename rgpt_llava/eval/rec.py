@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rgpt_llava.paths import parse_args_checked
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
-                                    print_table, read_json, records, require, run_cli, write_json)
+                                    print_table, read_json, read_rows, require, run_cli, write_json)
 
 IOU_THRESHOLD = 0.5
 _REGION = re.compile(r"\bregion\s*(?:\[\s*(\d+)\s*\]|#?\s*(\d+)(?!\d))", re.IGNORECASE)
@@ -179,7 +179,7 @@ def _same_boxes(a: List[List[float]], b: List[List[float]]) -> bool:
 
 def evaluate(annotation_file: Union[None, str, List[dict]], answers: Union[str, List[dict]],
              allow_missing: bool = False, iou_threshold: float = IOU_THRESHOLD, examples: int = 5) -> Dict[str, Any]:
-    rows = records(answers, "result file") if isinstance(answers, str) else \
+    rows = read_rows(answers, "result file") if isinstance(answers, str) else \
         [(f"answer {i}", a) for i, a in enumerate(answers)]
     by_id = index_by_id(rows, "question_id", "answer")
     where_of = {id_key(a["question_id"]): w for w, a in rows}
@@ -187,7 +187,7 @@ def evaluate(annotation_file: Union[None, str, List[dict]], answers: Union[str, 
         questions = {k: (where_of[k], a) for k, a in by_id.items()}
         ids, missing = list(by_id), []
     else:
-        qrows = records(annotation_file, "question file") if isinstance(annotation_file, str) else \
+        qrows = read_rows(annotation_file, "question file") if isinstance(annotation_file, str) else \
             [(f"question {i}", q) for i, q in enumerate(annotation_file)]
         qs = index_by_id(qrows, "question_id", "question")
         qwhere = {id_key(q["question_id"]): w for w, q in qrows}

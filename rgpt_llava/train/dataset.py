@@ -28,9 +28,11 @@ import llava.train.train as llava_train
 from llava.mm_utils import process_images
 from llava.train.train import DataCollatorForSupervisedDataset, LazySupervisedDataset
 
+from rgpt_llava import jsonl
 from rgpt_llava.constants import IGNORE_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.data.common import check_sample
 from rgpt_llava.geometry import model_input_size, parse_region, process_regions
+from rgpt_llava.jsonl import JsonFileError, read_records
 from rgpt_llava.mm_utils import tokenizer_region_token
 
 logger = logging.getLogger(__name__)
@@ -68,26 +70,18 @@ def tokenize_conversation(sample: Dict, tokenizer, data_args) -> Tuple[torch.Ten
 
 
 def load_samples(data_path: str) -> List[Dict]:
-    """A JSON list (LLaVA's format) or JSONL file of samples."""
-    if not os.path.isfile(data_path):
-        raise FileNotFoundError(f"--data_path {data_path}: no such file")
-    with open(data_path) as f:
-        if data_path.endswith(".jsonl"):
-            samples = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        samples.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{data_path}:{n}: not valid JSON ({e})") from None
-            return samples
-        try:
-            samples = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{data_path}: not valid JSON ({e})") from None
-    if not isinstance(samples, list):
-        raise ValueError(f"{data_path}: expected a JSON list of samples, got {type(samples).__name__}")
-    return samples
+    """A JSON list (LLaVA's format) or JSONL file of samples (:mod:`rgpt_llava.jsonl`; the extension decides)."""
+    try:
+        records = read_records(data_path, jsonl=data_path.endswith(".jsonl"), objects=False)
+    except JsonFileError as e:
+        if e.kind in (jsonl.MISSING, jsonl.DIRECTORY):
+            raise FileNotFoundError(f"--data_path {data_path}: no such file") from None
+        if e.kind == jsonl.NOT_A_LIST:
+            raise ValueError(f"{data_path}: expected a JSON list of samples, got {e.problem}") from None
+        if e.kind == jsonl.MALFORMED and data_path.endswith(".jsonl"):
+            raise ValueError(f"{data_path}:{e.line}: not valid JSON ({e.cause})") from None
+        raise ValueError(f"{data_path}: not valid JSON ({e.cause or e})") from None
+    return [sample for _, sample in records]
 
 
 def sample_name(sample, index) -> str:

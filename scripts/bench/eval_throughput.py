@@ -1,5 +1,5 @@
 """Regions/s of the FAST evaluation path (image encoded once, shared-prefix KV cache, batched greedy decoding;
-``rgpt_llava.eval.generate_common.generate_same_image``) vs the naive loop (``model.generate`` per region, image
+``rgpt_llava.generation.generate_same_image``) vs the naive loop (``model.generate`` per region, image
 re-encoded each time), on a random tiny checkpoint, with a check that both give the SAME greedy answers.
 
     python scripts/bench/eval_throughput.py [--regions 32] [--max-new-tokens 16] [--batch-size 32] [--big] [--device cpu]
@@ -48,34 +48,39 @@ def main():
     torch.manual_seed(0)
     from PIL import Image
     from rgpt_llava import generation
-    from rgpt_llava.eval import generate_common as G
+    from rgpt_llava.eval.generate_common import conv_prompt, load_engine, prepare, question
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model_path or build(tmp, args.big)
-        tok, model, ip = G.load_model(argparse.Namespace(model_path=path, model_base=None, load_8bit=False,
-                                                         load_4bit=False, device=args.device))
+        engine = load_engine(argparse.Namespace(model_path=path, model_base=None, load_8bit=False, load_4bit=False,
+                                                device=args.device))
+        tok, model = engine.tokenizer, engine.model
         if not os.path.isfile(args.image):
             sys.exit(f"error: --image {args.image}: no such file")
         img = Image.open(args.image).convert("RGB")
         w, h = img.size
-        prompt = G.tokenize(tok, G.conv_prompt([(
+        prompt = conv_prompt([(
             "What category name best describes the region represented by <region1>? "
-            "Answer the question using COCO-80 category names.", None)]))
+            "Answer the question using COCO-80 category names.", None)])
         boxes = [[(i * 37) % (w // 2), (i * 53) % (h // 2), w // 4 + i % 7 * 5, h // 4 + i % 5 * 7]
                  for i in range(args.regions)]
         sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
+        def asked(box_list):
+            """The prompt about each box, prepared as the generation steps prepare it (image encoded once)."""
+            return prepare(engine, img, [question(argparse.Namespace(), img, prompt, [{"bbox": b}], "bench")
+                                         for b in box_list], args.max_new_tokens)
+
         def fast():
-            x = G.image_tensor(model, ip, img)
-            masks = [G.region_masks([{"bbox": b}], img, ip, model, "bench") for b in boxes]
-            return generation.generate_same_image(model, x, [prompt] * len(boxes), masks, args.max_new_tokens,
-                                         tok.eos_token_id, args.batch_size)
+            job = asked(boxes)
+            return generation.generate_same_image(model, job.image, job.prompts, job.masks, args.max_new_tokens,
+                                                  tok.eos_token_id, args.batch_size)
 
         def naive():
             out = []
             for b in boxes:
-                x = G.image_tensor(model, ip, img)
-                m = G.region_masks([{"bbox": b}], img, ip, model, "bench")
-                out += generation.generate_naive(model, tok, [x], [prompt], [m], args.max_new_tokens)
+                job = asked([b])
+                out += generation.generate_naive(model, tok, [job.image], job.prompts, job.masks,
+                                                 args.max_new_tokens)
             return out
 
         fast()  # warm-up

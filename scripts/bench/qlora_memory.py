@@ -18,6 +18,8 @@ import time
 import torch
 import torch.nn as nn
 
+from bench_common import device_name   # scripts/bench/ (the script's folder) is on sys.path
+
 
 def build_model(device, args):
     import bitsandbytes as bnb
@@ -181,8 +183,8 @@ def main():
     model.train()
     static = torch.cuda.memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    results = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", shape=args.shape, torch=torch.__version__, static_gib=round(static, 2),
-                   trainable_params=trainable, lora_r=args.lora_r, runs=[])
+    results = dict(device=device_name(device), shape=args.shape, torch=torch.__version__,
+                   static_gib=round(static, 2), trainable_params=trainable, lora_r=args.lora_r, runs=[])
     print(f"device {results['device']}, weights resident {static:.2f} GiB, trainable params {trainable / 1e6:.1f} M")
     for b in args.batch:
         r = step_memory(model, b, args.seq_len, device)

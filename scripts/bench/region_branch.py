@@ -38,13 +38,13 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -53,6 +53,7 @@ sys.path.insert(0, os.environ.get("RGPT_BENCH_CODE_ROOT") or str(Path(__file__).
 
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel  # noqa: E402
 
+from bench_common import device_name  # noqa: E402  (scripts/bench/, the script's folder, is on sys.path)
 from rgpt_llava.geometry import process_regions  # noqa: E402
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM  # noqa: E402
 from rgpt_llava.model.region_encoder import adaptive_merge, mask_pool  # noqa: E402
@@ -268,20 +269,9 @@ def time_round_robin(variants, warmup, runs, sync, show_progress):
     return times
 
 
-# ---- environment -------------------------------------------------------------------------------------------------
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def main(argv=None):
+# ---- steps: arguments -> setup -> measure -> report --------------------------------------------------------------
+def parse_args(argv=None):
+    """The arguments, with ``photo`` (W, H), ``device``, ``dtype_name``, ``runs`` and ``warmup`` settled."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp32 on CPU, fp16 on CUDA")
@@ -303,36 +293,33 @@ def main(argv=None):
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
     try:
-        photo = tuple(int(v) for v in args.photo.lower().split("x"))
-        assert len(photo) == 2 and min(photo) >= 8
+        args.photo = tuple(int(v) for v in args.photo.lower().split("x"))
+        assert len(args.photo) == 2 and min(args.photo) >= 8
     except (ValueError, AssertionError):
         ap.error(f"--photo {args.photo!r}: expected WxH, e.g. 640x480")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.memory_child:
-        return memory_child(args.memory_child, args.memory_batch, args.regions, photo, args.seed)
-
-    t_start = time.perf_counter()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+        return args
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
-    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
-    dtype = DTYPES[dtype_name]
-    cpu = device.type == "cpu"
-    runs = args.runs if args.runs is not None else (7 if cpu else 30)
+    args.dtype_name = args.dtype or ("fp16" if args.device.type == "cuda" else "fp32")
+    cpu = args.device.type == "cpu"
+    args.runs = args.runs if args.runs is not None else (7 if cpu else 30)
     # Two warm-up rounds on CPU: the first calls pay for allocator growth and oneDNN primitive creation.
-    warmup = args.warmup if args.warmup is not None else (2 if cpu else 5)
-    if runs < 1 or args.batch < 1 or args.regions < 8:
+    args.warmup = args.warmup if args.warmup is not None else (2 if cpu else 5)
+    if args.runs < 1 or args.batch < 1 or args.regions < 8:
         ap.error("--runs and --batch must be >= 1, --regions >= 8")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return args
 
-    # ---- setup (untimed) ----
+
+def setup(args):
+    """The model, inputs and masks (untimed), and the timed variants: ``{name: call}``."""
     t0 = time.perf_counter()
+    device, dtype, photo = args.device, DTYPES[args.dtype_name], args.photo
     model = build_model(device, dtype, args.seed)
-    setup_s = time.perf_counter() - t0
-    vis_cfg = model.get_vision_tower().config
-    size = vis_cfg.image_size
+    s = SimpleNamespace(model=model, setup_s=time.perf_counter() - t0)
+    s.vis_cfg = vis_cfg = model.get_vision_tower().config
+    s.size = size = vis_cfg.image_size
     g = torch.Generator().manual_seed(args.seed + 1)
     images = torch.randn(args.batch, 3, size, size, generator=g).to(device=device, dtype=dtype)
     boxes = random_boxes(args.regions, *photo, args.seed + 2)
@@ -344,19 +331,19 @@ def main(argv=None):
         return [process_regions(boxes[:r], photo, proc, "pad", **extra).to(device) for _ in range(args.batch)]
 
     # The masks of before: [R, 336, 336], made untimed (as this benchmark used to), resized inside the model.
-    full_masks = make_masks(args.regions)
-    map_masks = make_masks(args.regions, map_size=map_size)
+    s.full_masks = full_masks = make_masks(args.regions)
+    s.map_masks = make_masks(args.regions, map_size=map_size)
 
     projector = model.get_model().mm_projector
     tower = model.get_vision_tower()
     with torch.inference_mode():
-        fmap = model.encode_feature_map(images)  # refined map shared by the pooling measurements (c)
+        s.fmap = fmap = model.encode_feature_map(images)  # refined map shared by the pooling measurements (c)
         patch_side = vis_cfg.image_size // vis_cfg.patch_size
         grid = tower(images).transpose(1, 2).reshape(args.batch, vis_cfg.hidden_size, patch_side, patch_side)
         grid = grid.to(fmap.dtype)  # the refiner's input, as encode_feature_map builds it
         merge_size = model.merge_size()
         img_tokens, reg_tokens = model.encode_images_and_regions(images, make_masks(8, map_size=map_size))
-        rows_img = img_tokens.shape[1]
+        s.rows_img = rows_img = img_tokens.shape[1]
         assert img_tokens.shape == (args.batch, rows_img, LLM_HIDDEN) and reg_tokens[0].shape == (8, LLM_HIDDEN)
         proj_in_img = torch.randn(args.batch * rows_img, vis_cfg.hidden_size, generator=g).to(device, dtype)
         proj_in_all = torch.randn(args.batch * (rows_img + args.regions), vis_cfg.hidden_size,
@@ -375,7 +362,7 @@ def main(argv=None):
 
     R = args.regions
     # The two sides of each ratio are neighbours in a round, so each round also yields a paired ratio.
-    variants = {
+    s.variants = {
         # (a) / (b): the whole vision side, through the model's own methods, masks made from the boxes included.
         "llava": lambda: projector(tower(images)),
         "rgpt_r8": lambda: rgpt(8),
@@ -394,22 +381,32 @@ def main(argv=None):
         "projector_img": lambda: projector(proj_in_img),
         f"projector_img+r{R}": lambda: projector(proj_in_all),
     }
-    times = time_round_robin(variants, warmup, runs, make_sync(device), not args.no_progress)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return s
 
-    # Sanity: the batched pooling equals the loop (fp32 accumulation of the weights, features in `dtype`), and
-    # the map-resolution masks pool what the full-resolution ones do.
+
+def pooling_sanity(s, R):
+    """(batched vs loop max |diff|, map- vs full-resolution relative diff): the batched pooling equals the loop (fp32
+    accumulation of the weights, features in the bench dtype), and the map-resolution masks pool what the
+    full-resolution ones do."""
     with torch.inference_mode():
-        batched = mask_pool(fmap, map_masks)[0].float()
-        looped = torch.cat([mask_pool(fmap[:1], [map_masks[0][i:i + 1]])[0] for i in range(R)]).float()
+        batched = mask_pool(s.fmap, s.map_masks)[0].float()
+        looped = torch.cat([mask_pool(s.fmap[:1], [s.map_masks[0][i:i + 1]])[0] for i in range(R)]).float()
         pool_max_diff = float((batched - looped).abs().max())
-        from_full = mask_pool(fmap, full_masks)[0].float()
-        map_vs_full = float((batched - from_full).abs().max() / from_full.abs().max())
-    memory = measure_memory(args, photo) if args.memory else None
+        from_full = mask_pool(s.fmap, s.full_masks)[0].float()
+        return pool_max_diff, float((batched - from_full).abs().max() / from_full.abs().max())
 
-    side = int(fmap.shape[-1])
-    est = gflop_estimates(vis_cfg, side, R, args.batch)
-    ratios = {
+
+def measure(args, s):
+    """Timings (``times``: ms per round, ``med``: medians), the sanity checks, the memory run, the analytic GFLOP
+    and the ratios with their targets, into ``s``."""
+    R = args.regions
+    s.times = time_round_robin(s.variants, args.warmup, args.runs, make_sync(args.device), not args.no_progress)
+    s.med = {k: statistics.median(v) for k, v in s.times.items()}
+    s.pool_max_diff, s.map_vs_full = pooling_sanity(s, R)
+    s.memory = measure_memory(args, args.photo) if args.memory else None
+    s.side = int(s.fmap.shape[-1])
+    s.est = est = gflop_estimates(s.vis_cfg, s.side, R, args.batch)
+    s.ratios = {
         "a": dict(label="(a) RGPT vision side, 8 regions / LLaVA vision side", num="rgpt_r8", den="llava",
                   flop=est["rgpt_total_8"] / est["llava_total"]),
         "b": dict(label=f"(b) RGPT, {R} regions / RGPT, 1 region", num=f"rgpt_r{R}", den="rgpt_r1",
@@ -418,21 +415,26 @@ def main(argv=None):
         "c": dict(label=f"(c) mask_pool: per-region loop / batched ({R} regions)", num=f"pool_loop_r{R}",
                   den=f"pool_batched_r{R}", flop=None),
     }
-    for key, r in ratios.items():
-        r["measured"] = med[r["num"]] / med[r["den"]]  # ratio of the medians: the reported figure
+    for key, r in s.ratios.items():
+        r["measured"] = s.med[r["num"]] / s.med[r["den"]]  # ratio of the medians: the reported figure
         # Median of the per-round ratios: less sensitive to the machine slowing down for a few seconds.
-        r["paired"] = statistics.median(n / d for n, d in zip(times[r["num"]], times[r["den"]]))
+        r["paired"] = statistics.median(n / d for n, d in zip(s.times[r["num"]], s.times[r["den"]]))
         op, target = TARGETS[key]
         r["target"] = f"{op} {target:g}x"
         r["pass"] = r["measured"] <= target if op == "<=" else r["measured"] >= target
+    device = args.device
+    s.env = dict(device=device_name(device), device_type=device.type, torch=torch.__version__,
+                 threads=torch.get_num_threads(), dtype=args.dtype_name, batch=args.batch, runs=args.runs,
+                 warmup=args.warmup, regions=R, refined_map=f"{s.side}x{s.side}", image_tokens=s.rows_img,
+                 image=f"{s.size}x{s.size}",
+                 cpu_capability=torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
+                 setup_s=round(s.setup_s, 1))
+    return s
 
-    env = dict(device=device_name(device), device_type=device.type, torch=torch.__version__,
-               threads=torch.get_num_threads(), dtype=dtype_name, batch=args.batch, runs=runs, warmup=warmup,
-               regions=R, refined_map=f"{side}x{side}", image_tokens=rows_img, image=f"{size}x{size}",
-               cpu_capability=torch.backends.cpu.get_cpu_capability() if cpu else None,
-               setup_s=round(setup_s, 1))
 
-    # ---- report ----
+def labels(args, s):
+    """``(GFLOP, description)`` of each measurement, by name."""
+    R, est, size, side, rows_img = args.regions, s.est, s.size, s.side, s.rows_img
     gf = {
         "llava": est["llava_total"], "rgpt_r1": est["rgpt_total_1"], "rgpt_r8": est["rgpt_total_8"],
         f"rgpt_r{R}": est[f"rgpt_total_{R}"],
@@ -459,10 +461,16 @@ def main(argv=None):
         "projector_img": f"  projector only, {args.batch * rows_img} rows",
         f"projector_img+r{R}": f"  projector only, {args.batch * rows_img}+{args.batch * R} rows",
     }
-    out = sys.stdout
+    return gf, describe
+
+
+def report(args, s, gf, describe, elapsed, out=sys.stdout):
+    R, est, size, side, rows_img, vis_cfg, photo = (args.regions, s.est, s.size, s.side, s.rows_img, s.vis_cfg,
+                                                   args.photo)
+    env, times, med, runs, warmup = s.env, s.times, s.med, args.runs, args.warmup
     print("\nRegionGPT region branch benchmark (random ViT-L/14-336 weights, LLaVA-1.5-7B projector)", file=out)
-    print(f"device   : {env['device']} ({device.type})", file=out)
-    print(f"torch    : {env['torch']}   threads: {env['threads']}   dtype: {dtype_name}   batch: {args.batch}   "
+    print(f"device   : {env['device']} ({args.device.type})", file=out)
+    print(f"torch    : {env['torch']}   threads: {env['threads']}   dtype: {args.dtype_name}   batch: {args.batch}   "
           f"runs: {runs} (+{warmup} warm-up), median", file=out)
     print(f"shapes   : image {size}x{size} -> {rows_img} patch tokens; refined map {side}x{side}x"
           f"{vis_cfg.hidden_size}; projector {vis_cfg.hidden_size}->{LLM_HIDDEN}->{LLM_HIDDEN}", file=out)
@@ -470,7 +478,7 @@ def main(argv=None):
     w = 56
     print(f"{'measurement':<{w}} {'median ms':>10} {'min ms':>10} {'max ms':>10} {'GFLOP':>8}", file=out)
     print("-" * (w + 42), file=out)
-    for name in variants:
+    for name in s.variants:
         v = times[name]
         gtxt = f"{gf[name]:8.1f}" if gf.get(name) is not None else f"{'-':>8}"
         print(f"{describe[name]:<{w}} {med[name]:10.1f} {min(v):10.1f} {max(v):10.1f} {gtxt}", file=out)
@@ -478,13 +486,13 @@ def main(argv=None):
     print(f"{'ratio (of the medians)':<{w}} {'measured':>9} {'paired':>8} {'FLOP model':>11} {'target':>9} "
           f"{'result':>7}", file=out)
     print("-" * (w + 49), file=out)
-    for r in ratios.values():
+    for r in s.ratios.values():
         flop = f"{r['flop']:10.3f}x" if r["flop"] is not None else f"{'-':>11}"
         print(f"{r['label']:<{w}} {r['measured']:8.3f}x {r['paired']:7.3f}x {flop} {r['target']:>9} "
               f"{'PASS' if r['pass'] else 'MISS':>7}", file=out)
     print("paired = median over rounds of that round's ratio (both sides run back to back); "
           "FLOP model = analytic GFLOP ratio", file=out)
-    for key, r in ratios.items():
+    for key, r in s.ratios.items():
         op, target = TARGETS[key]
         if r["flop"] is not None and (r["flop"] > target if op == "<=" else r["flop"] < target):
             # Then no amount of kernel tuning meets the target: the arithmetic itself has to shrink.
@@ -504,30 +512,45 @@ def main(argv=None):
     print(f"regions  : {R} random boxes on a {photo[0]}x{photo[1]} photo; masks made per image, "
           f"{R * size * size * 4 / 2 ** 20:.1f} MiB at {size}x{size} before, {R * side * side * 4 / 2 ** 20:.1f} "
           f"MiB at {side}x{side} now (fp32)", file=out)
-    print(f"sanity   : batched vs loop mask_pool max |diff| = {pool_max_diff:.3g}; map- vs full-resolution masks, "
-          f"pooled: max |diff| / max |feature| = {map_vs_full:.2g}", file=out)
-    if memory:
-        b, a = memory["full"], memory["map"]
+    print(f"sanity   : batched vs loop mask_pool max |diff| = {s.pool_max_diff:.3g}; map- vs full-resolution masks, "
+          f"pooled: max |diff| / max |feature| = {s.map_vs_full:.2g}", file=out)
+    if s.memory:
+        b, a = s.memory["full"], s.memory["map"]
         print(f"memory   : batch {args.memory_batch} x {R} regions, masks made + vision side, peak RSS added "
               f"(fresh process each): before {b['added_mb']:.0f} MiB (masks {b['masks_mb']:.0f} MiB, "
               f"{b['code']}), after {a['added_mb']:.0f} MiB (masks {a['masks_mb']:.0f} MiB)", file=out)
-    elapsed = time.perf_counter() - t_start
-    print(f"elapsed  : {elapsed:.1f} s total (model setup {setup_s:.1f} s)", file=out)
+    print(f"elapsed  : {elapsed:.1f} s total (model setup {s.setup_s:.1f} s)", file=out)
 
+
+def write_results(args, s, gf, describe, elapsed, out=sys.stdout):
+    result = dict(
+        env=s.env, elapsed_s=round(elapsed, 1),
+        measurements={k: dict(description=describe[k].strip(), median_ms=s.med[k], min_ms=min(v), max_ms=max(v),
+                              runs_ms=v, gflop=gf.get(k)) for k, v in s.times.items()},
+        ratios={k: dict(label=r["label"], measured=r["measured"], paired=r["paired"], flop_model=r["flop"],
+                        target=r["target"],
+                        passed=bool(r["pass"])) for k, r in s.ratios.items()},
+        gflop=s.est, pool_batched_vs_loop_max_abs_diff=s.pool_max_diff, photo=list(args.photo),
+        pooled_map_vs_full_max_rel_diff=s.map_vs_full, memory=s.memory,
+    )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"json     : {args.json}", file=out)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(args.memory_child, args.memory_batch, args.regions, args.photo, args.seed)
+    t_start = time.perf_counter()
+    s = measure(args, setup(args))
+    gf, describe = labels(args, s)
+    elapsed = time.perf_counter() - t_start
+    report(args, s, gf, describe, elapsed)
     if args.json:
-        result = dict(
-            env=env, elapsed_s=round(elapsed, 1),
-            measurements={k: dict(description=describe[k].strip(), median_ms=med[k], min_ms=min(v), max_ms=max(v),
-                                  runs_ms=v, gflop=gf.get(k)) for k, v in times.items()},
-            ratios={k: dict(label=r["label"], measured=r["measured"], paired=r["paired"], flop_model=r["flop"],
-                            target=r["target"],
-                            passed=bool(r["pass"])) for k, r in ratios.items()},
-            gflop=est, pool_batched_vs_loop_max_abs_diff=pool_max_diff, photo=list(photo),
-            pooled_map_vs_full_max_rel_diff=map_vs_full, memory=memory,
-        )
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"json     : {args.json}", file=out)
+        write_results(args, s, gf, describe, elapsed)
 
 
 if __name__ == "__main__":

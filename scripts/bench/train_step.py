@@ -19,7 +19,6 @@ asserted. Then one profiled step of each model shows where the time goes (torch.
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench_common import device_name  # noqa: E402  (scripts/bench/, the script's folder, is on sys.path)
 from rgpt_llava.constants import IGNORE_INDEX  # noqa: E402
 
 PHOTO = (640, 480)
@@ -121,16 +121,6 @@ def tokenize_batch(tokenizer, conversations):
     for i, (x, y) in enumerate(zip(ids_list, labels_list)):
         ids[i, :len(x)], labels[i, :len(y)], att[i, :len(x)] = x, y, True
     return ids, labels, att
-
-
-def device_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

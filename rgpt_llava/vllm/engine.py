@@ -80,6 +80,12 @@ class VLLMRegionEngine(RegionEngine):
         engine.llm = start_llm(model_path, engine.context_len, **(vllm_options or {}))
         return engine
 
+    def close(self) -> None:
+        """Stop vLLM's engine process (and its memory: the KV cache is reserved up front)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
     # ---- generating ----------------------------------------------------------------------------------------------
     def _sampling_params(self, job: Job, index: int):
         from vllm import SamplingParams

@@ -42,18 +42,23 @@ def tiny_rgpt_for_vllm(out_dir, tokenizer_dir, tower_dir, **convert_options):
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
-def engines(request, tmp_path_factory, tiny_tokenizer_dir, real_tokenizer_dir, tiny_clip_dir, tiny_siglip_dir):
-    """(HF engine, vLLM engine) on one tiny checkpoint; vLLM started once per tower. CLIP with the tiny tokenizer,
-    SigLIP with LLaMA's (32k ids) and a merged 4x4 image-token grid."""
-    from rgpt_llava.vllm.engine import VLLMRegionEngine
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")   # GiB: the default would take a share of the machine
+def checkpoint(request, tmp_path_factory, tiny_tokenizer_dir, real_tokenizer_dir, tiny_clip_dir, tiny_siglip_dir):
+    """A tiny checkpoint per tower: CLIP with the tiny tokenizer, SigLIP with LLaMA's (32k ids) and a merged 4x4
+    image-token grid."""
     out = tmp_path_factory.mktemp(f"vllm_{request.param}")
     if request.param == "clip":
-        path = tiny_rgpt_for_vllm(out, tiny_tokenizer_dir, tiny_clip_dir)
-    else:
-        path = tiny_rgpt_for_vllm(out, real_tokenizer_dir, tiny_siglip_dir, merge_size=(4, 4))
-    hf = RegionEngine.load(path, device="cpu")
-    served = VLLMRegionEngine.load(path)
+        return tiny_rgpt_for_vllm(out, tiny_tokenizer_dir, tiny_clip_dir)
+    return tiny_rgpt_for_vllm(out, real_tokenizer_dir, tiny_siglip_dir, merge_size=(4, 4))
+
+
+@pytest.fixture(scope="module", params=["multimodal", "embeds"])
+def engines(request, checkpoint):
+    """(HF engine, vLLM engine) on one checkpoint, for each way requests reach vLLM (rgpt_llava.vllm.engine.PATHS):
+    the vision side inside vLLM, or prompt embeddings. vLLM started once per checkpoint and path."""
+    from rgpt_llava.vllm.engine import VLLMRegionEngine
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")   # GiB: the default would take a share of the machine
+    hf = RegionEngine.load(checkpoint, device="cpu")
+    served = VLLMRegionEngine.load(checkpoint, path=request.param)
     yield hf, served
     served.close()
 

@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import torch
 
+from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.model.splice import count_images, embed_text, splice
 from rgpt_llava.serve.engine import Delta, Job, RegionEngine, _Row
 
@@ -22,14 +23,54 @@ from rgpt_llava.serve.engine import Delta, Job, RegionEngine, _Row
 EXACT_OPTIONS = {"dtype": "float32", "enforce_eager": True}
 
 
-def start_llm(model_path: str, context_len: int, **options):
-    """vLLM's offline engine on the checkpoint's LLM: input embeddings in (``enable_prompt_embeds``), token ids out.
-    vLLM neither tokenises nor detokenises (``skip_tokenizer_init``): this package's tokenizer does both, so ids and
-    text are LLaVA-1.5's on every stack (rgpt_llava.tokenization)."""
+# How requests reach vLLM: "multimodal": ids and the processed image with its regions, the vision side inside vLLM
+# (rgpt_llava.vllm.multimodal); "embeds": input embeddings spliced here, vLLM runs the LLM (rgpt_llava.vllm.model).
+PATHS = ("multimodal", "embeds")
+
+
+def start_llm(model_path: str, context_len: int, path: str = "multimodal", **options):
+    """vLLM's offline engine on the checkpoint. vLLM neither tokenises nor detokenises (``skip_tokenizer_init``):
+    this package's tokenizer does both, so ids and text are LLaVA-1.5's on every stack (rgpt_llava.tokenization)."""
     from vllm import LLM
+
+    from rgpt_llava.vllm.plugin import MULTIMODAL_ARCHITECTURE
     settings = dict(EXACT_OPTIONS, max_model_len=context_len, seed=0)
+    if path == "multimodal":
+        # the item arrives processed (a dict of tensors): vLLM calls that "embeddings" input and wants it allowed
+        settings.update(hf_overrides={"architectures": [MULTIMODAL_ARCHITECTURE]}, enable_mm_embeds=True)
+    elif path == "embeds":
+        settings.update(enable_prompt_embeds=True)
+    else:
+        raise ValueError(f"path {path!r}: expected one of {PATHS}")
     settings.update(options)
-    return LLM(model=model_path, skip_tokenizer_init=True, enable_prompt_embeds=True, **settings)
+    return LLM(model=model_path, skip_tokenizer_init=True, **settings)
+
+
+def multimodal_request(job: Job, index: int, image_tokens: int, map_size) -> dict:
+    """Choice ``index`` of ``job`` as vLLM's input to the multimodal model: the ids with each sentinel replaced by
+    placeholders (the image's by ``image_tokens`` of them), and the item saying which row of [image tokens; region
+    tokens] each placeholder gets (rgpt_llava.vllm.multimodal)."""
+    from rgpt_llava.vllm.multimodal import PLACEHOLDER_ID
+    prompt, positions, rows = [], [], []
+    for t in job.prompts[index]:
+        if t == IMAGE_TOKEN_INDEX:
+            positions += range(len(prompt), len(prompt) + image_tokens)
+            rows += range(image_tokens)
+            prompt += [PLACEHOLDER_ID] * image_tokens
+        elif t <= REGION_TOKEN_INDEX:
+            positions.append(len(prompt))
+            rows.append(image_tokens + REGION_TOKEN_INDEX - t)    # region k's token follows the image tokens
+            prompt.append(PLACEHOLDER_ID)
+        else:
+            prompt.append(t)
+    if job.image is None:
+        return {"prompt_token_ids": prompt}
+    masks = job.masks[index]
+    if masks is None:
+        masks = job.image.new_zeros((0,) + tuple(map_size))
+    return {"prompt_token_ids": prompt, "multi_modal_data": {"image": {
+        "pixel_values": job.image[None].cpu(), "region_masks": masks[None].cpu(),
+        "embed_positions": torch.tensor(positions)[None], "embed_rows": torch.tensor(rows)[None]}}}
 
 
 def spliced_embeddings(model, job: Job) -> List[torch.Tensor]:
@@ -57,12 +98,15 @@ class VLLMRegionEngine(RegionEngine):
     """A :class:`RegionEngine` whose LLM runs in vLLM (``llm``: a ``vllm.LLM`` on the same checkpoint)."""
 
     llm = None
+    path = "multimodal"
 
     @classmethod
     def load(cls, model_path: str, model_base: Optional[str] = None, device: Optional[str] = "cpu",
-             sam_model: Optional[str] = None, vllm_options: Optional[dict] = None, **kwargs) -> "VLLMRegionEngine":
-        """The HF engine's loading for the vision side and the tokenizer, then vLLM on the checkpoint's LLM weights.
-        ``vllm_options``: more ``vllm.LLM`` arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ...)."""
+             sam_model: Optional[str] = None, path: str = "multimodal", vllm_options: Optional[dict] = None,
+             **kwargs) -> "VLLMRegionEngine":
+        """The HF engine's loading for the checks (image processor, region geometry) and the tokenizer, then vLLM on
+        the checkpoint (``path``: see :data:`PATHS`). ``vllm_options``: more ``vllm.LLM`` arguments
+        (``tensor_parallel_size``, ``gpu_memory_utilization``, ...)."""
         from rgpt_llava.model.builder import CheckpointError, describe_checkpoint
         kind = describe_checkpoint(model_path)
         if model_base is not None or kind != "full":
@@ -77,7 +121,8 @@ class VLLMRegionEngine(RegionEngine):
         # LLaVA's builder reports 2048 whatever the model; vLLM refuses a context past the model's positions
         positions = getattr(engine.model.config, "max_position_embeddings", None)
         engine.context_len = min(engine.context_len, positions or engine.context_len)
-        engine.llm = start_llm(model_path, engine.context_len, **(vllm_options or {}))
+        engine.path = path
+        engine.llm = start_llm(model_path, engine.context_len, path, **(vllm_options or {}))
         return engine
 
     def close(self) -> None:
@@ -98,8 +143,10 @@ class VLLMRegionEngine(RegionEngine):
             detokenize=False)
 
     def _requests(self, job: Job):
-        embeds = spliced_embeddings(self.model, job)
-        return [{"prompt_embeds": e} for e in embeds], [self._sampling_params(job, i) for i in range(len(embeds))]
+        params = [self._sampling_params(job, i) for i in range(len(job.prompts))]
+        if self.path == "embeds":
+            return [{"prompt_embeds": e} for e in spliced_embeddings(self.model, job)], params
+        return [multimodal_request(job, i, self.image_tokens, self.map_size) for i in range(len(job.prompts))], params
 
     def _finish(self, job: Job, index: int, tokens: Sequence[int]) -> Delta:
         """One choice's whole answer from its generated ids, as the HF engine's loop turns ids into text: EOS ends

@@ -2,6 +2,9 @@
 engine core runs in a spawned process), before it reads a model's config."""
 
 ARCHITECTURE = "RGPTLlamaForCausalLM"   # config.json's ``architectures`` of an RGPT checkpoint (rgpt_llava.convert)
+# The same checkpoint as a multimodal model inside vLLM (rgpt_llava.vllm.multimodal), chosen with
+# hf_overrides={"architectures": [MULTIMODAL_ARCHITECTURE]}.
+MULTIMODAL_ARCHITECTURE = "RGPTLlamaMultiModal"
 
 
 def register() -> None:
@@ -11,5 +14,8 @@ def register() -> None:
     import rgpt_llava.model  # noqa: F401  (AutoConfig.register("rgpt_llama", ...))
     from vllm import ModelRegistry
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+    known = ModelRegistry.get_supported_archs()
+    if ARCHITECTURE not in known:
         ModelRegistry.register_model(ARCHITECTURE, "rgpt_llava.vllm.model:RGPTLlamaForCausalLM")
+    if MULTIMODAL_ARCHITECTURE not in known:
+        ModelRegistry.register_model(MULTIMODAL_ARCHITECTURE, "rgpt_llava.vllm.multimodal:RGPTLlamaMultiModal")

@@ -13,7 +13,8 @@ case "$STACK" in
   current) VENV=${RGPT_VENV:-.venv-current} ;;
   tf5) VENV=${RGPT_VENV:-.venv-tf5} ;;
   vllm) VENV=${RGPT_VENV:-.venv-vllm} ;;
-  *) echo "error: RGPT_STACK=$STACK: expected 'pinned', 'current', 'tf5' or 'vllm'" >&2; return 2 2>/dev/null || exit 2 ;;
+  *) echo "error: RGPT_STACK=$STACK: expected 'pinned', 'current', 'tf5' or 'vllm'" >&2
+     return 2 2>/dev/null || exit 2 ;;
 esac
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[install] creating $VENV ($STACK stack)" >&2

@@ -2,10 +2,11 @@
 
 - :mod:`rgpt_llava.vllm.plugin`: the ``vllm.general_plugins`` entry point (setup.cfg) that makes an RGPT checkpoint
   load in vLLM unchanged (its ``rgpt_llama`` config, its ``RGPTLlamaForCausalLM`` architecture);
-- :mod:`rgpt_llava.vllm.model`: that architecture inside vLLM: vLLM's Llama, fed the spliced input embeddings;
+- :mod:`rgpt_llava.vllm.multimodal`: RGPT as a multimodal model inside vLLM (the package's vision side, vLLM's Llama);
+- :mod:`rgpt_llava.vllm.model`: the checkpoint's LLM alone in vLLM, for requests that bring input embeddings;
 - :mod:`rgpt_llava.vllm.engine`: :class:`~rgpt_llava.vllm.engine.VLLMRegionEngine`, the serving engine's interface
-  (``prepare`` / ``generate`` / ``answer``) with vLLM running the LLM.
+  (``prepare`` / ``generate`` / ``answer``) on vLLM;
+- :mod:`rgpt_llava.vllm.bench`: requests/s of the HF engine and of vLLM on the same requests.
 
-Why the prompt-embeddings path and not a multimodal model inside vLLM: docs/VLLM.md. Nothing here is imported by the
-rest of the package; it needs the vllm stack (``RGPT_STACK=vllm``).
+Nothing else in the package imports this one; it needs the vllm stack (``RGPT_STACK=vllm``). docs/VLLM.md.
 """

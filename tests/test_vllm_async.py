@@ -54,3 +54,42 @@ def test_concurrent_streamed_requests_equal_the_hf_engine(checkpoint, images_dir
     assert stop_text[0] == "".join(d.text for d in stop_deltas) == expected[0][0][:expected[0][0].find(stop)]
     assert stop_pieces[-1].finish_reason == stop_deltas[-1].finish_reason == "stop"
     assert stop_pieces[-1].completion_tokens == stop_deltas[-1].completion_tokens
+
+
+def test_a_dead_engine_fails_requests_in_flight_and_new_and_says_so(checkpoint, images_dir):
+    """vLLM's engine process killed mid-answer: the stream in flight and a new request raise EngineDeadError (a
+    server's 503), and ``healthy`` turns False (its health endpoint)."""
+    import psutil
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from rgpt_llava.vllm.engine import AsyncVLLMRegionEngine
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    photo = Image.open(images_dir / "coffee.jpg").convert("RGB")
+    prompt, n = PROMPTS["one <region>"]
+    long_answer = Sampling(temperature=0, max_new_tokens=900, ignore_eos=True)
+
+    async def main():
+        engine = AsyncVLLMRegionEngine.load(checkpoint)
+        try:
+            assert engine.healthy
+            job = engine.prepare(photo, [(prompt, regions(photo, n))], long_answer)
+            stream = engine.agenerate(job)
+            first = await stream.__anext__()
+            # the processes vLLM started for this test (its engine core and workers), and only those
+            engine_processes = [p for p in psutil.Process().children(recursive=True)
+                                if "resource_tracker" not in " ".join(p.cmdline())]
+            assert engine_processes
+            for p in engine_processes:
+                p.kill()
+            with pytest.raises(EngineDeadError):
+                async for _ in stream:
+                    pass
+            assert not engine.healthy
+            with pytest.raises(EngineDeadError):
+                await engine.aanswer(job)
+            return first
+        finally:
+            engine.close()
+
+    first = asyncio.run(main())
+    assert first and first[0].finish_reason is None     # it was killed in flight, not after the answer

@@ -257,6 +257,12 @@ class AsyncVLLMRegionEngine(VLLMRegionEngine):
             self.llm.shutdown()
             self.llm = None
 
+    @property
+    def healthy(self) -> bool:
+        """False once vLLM's engine process has died (or the engine is closed): then every request, in flight or new,
+        fails with vLLM's ``EngineDeadError``, and a server should answer 503 and exit (docs/VLLM.md)."""
+        return self.llm is not None and not self.llm.errored
+
     def generate(self, job: Job, stream: bool = True) -> Iterator[List[Delta]]:
         raise TypeError("AsyncVLLMRegionEngine generates asynchronously: use agenerate / aanswer")
 

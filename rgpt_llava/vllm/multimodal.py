@@ -29,6 +29,7 @@ from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataParser
 from vllm.multimodal.processing import BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo
 
 from rgpt_llava.model.rgpt_arch import RGPTMetaForCausalLM, RGPTMetaModel
+from rgpt_llava.vllm.model import VISION_PREFIXES
 
 FIELDS = ("pixel_values", "region_masks", "embed_positions", "embed_rows")
 PLACEHOLDER_ID = 0     # the token id under every embedding position (its text embedding is replaced)
@@ -141,11 +142,6 @@ class RGPTMultiModalProcessor(BaseMultiModalProcessor[RGPTProcessingInfo]):
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
-def _per_item(value) -> List[torch.Tensor]:
-    """A batched field as one tensor per item (vLLM stacks equal shapes, lists others)."""
-    return list(value)
-
-
 @MULTIMODAL_REGISTRY.register_processor(RGPTMultiModalProcessor, info=RGPTProcessingInfo,
                                         dummy_inputs=RGPTDummyInputs)
 class RGPTLlamaMultiModal(nn.Module, SupportsMultiModal):
@@ -167,9 +163,8 @@ class RGPTLlamaMultiModal(nn.Module, SupportsMultiModal):
         return self.language_model
 
     def embed_multimodal(self, **kwargs) -> List[torch.Tensor]:
-        pixels = _per_item(kwargs["pixel_values"])
-        masks = _per_item(kwargs["region_masks"])
-        rows = _per_item(kwargs["embed_rows"])
+        # one entry per scheduled item (vLLM stacks a field whose items have equal shapes, lists it otherwise)
+        pixels, masks, rows = (list(kwargs[name]) for name in ("pixel_values", "region_masks", "embed_rows"))
         dtype = next(self.vision.get_model().mm_projector.parameters()).dtype
         images = torch.stack([p.reshape(p.shape[-3:]) for p in pixels]).to(dtype)
         masks = [m.reshape((-1,) + tuple(m.shape[-2:])).to(dtype) for m in masks]
@@ -187,7 +182,7 @@ class RGPTLlamaMultiModal(nn.Module, SupportsMultiModal):
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> Set[str]:
         vision_state, llm = {}, []
         for name, w in weights:
-            if name.startswith(("model.mm_projector.", "model.mm_refiner.", "model.vision_tower.")):
+            if name.startswith(VISION_PREFIXES):
                 vision_state[name] = w
             else:
                 llm.append((name, w))
@@ -199,7 +194,7 @@ class RGPTLlamaMultiModal(nn.Module, SupportsMultiModal):
         reference = next(self.language_model.parameters())
         tower.to(device=reference.device, dtype=reference.dtype)
         missing, unexpected = self.vision.load_state_dict(vision_state, strict=False)
-        missing = [k for k in missing if not k.startswith("model.vision_tower.")]
+        missing = [k for k in missing if not k.startswith("model.vision_tower.")]   # loaded from its folder above
         if missing or unexpected:
             raise ValueError(f"RGPT checkpoint: vision weights missing {missing[:8]}, unexpected {unexpected[:8]}")
         loaded |= {f"vision.{n}" for n, _ in self.vision.named_parameters()}

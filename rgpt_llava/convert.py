@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from rgpt_llava.constants import LORA_ADAPTER_FILE, NON_LORA_FILE, STAGE1_FILE
-from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, _strip_prefixes, read_config
+from rgpt_llava.model.builder import CheckpointError, WEIGHT_FILES, strip_prefixes, read_config
 from rgpt_llava.model.language_model.rgpt_llama import RGPTConfig, RGPTLlamaForCausalLM
 from rgpt_llava.model.region_encoder import REFINER_TYPES, build_refiner
 from rgpt_llava.paths import output_clash
@@ -101,7 +101,7 @@ def convert(llava_path, output, model_base=None, refiner="deconv_residual", merg
                                                        output_loading_info=True)
     provided = set()
     if not full:
-        state = _strip_prefixes(torch.load(os.path.join(llava_path, STAGE1_FILE), map_location="cpu",
+        state = strip_prefixes(torch.load(os.path.join(llava_path, STAGE1_FILE), map_location="cpu",
                                            weights_only=True))
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
         provided = set(state)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rgpt_llava import generation
-from rgpt_llava.eval import generate_common as G
+from rgpt_llava.eval import generate_common
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGS = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
@@ -182,7 +182,7 @@ def test_pope_end_to_end_resume_and_chunks(tiny_rgpt_dir, data, tmp_path):
 def test_get_chunk_partition():
     items = list(range(10))
     for n in (1, 3, 4, 7, 12):
-        chunks = [G.get_chunk(items, n, k) for k in range(n)]
+        chunks = [generate_common.get_chunk(items, n, k) for k in range(n)]
         assert sum(chunks, []) == items
 
 
@@ -190,7 +190,7 @@ def test_get_chunk_partition():
 @pytest.fixture(scope="module")
 def loaded(tiny_rgpt_dir):
     a = argparse.Namespace(model_path=tiny_rgpt_dir, model_base=None, load_8bit=False, load_4bit=False, device="cpu")
-    return G.load_engine(a)
+    return generate_common.load_engine(a)
 
 
 def test_fast_path_equals_naive(loaded, images_dir):
@@ -206,8 +206,9 @@ def test_fast_path_equals_naive(loaded, images_dir):
         q = questions[i % 4]
         n = q.count("<region")
         boxes = [{"bbox": [w * 0.1 * (i % 5) + j * 20, h * 0.1, w * 0.3, h * 0.4]} for j in range(n)]
-        items.append(G.question(argparse.Namespace(), img, G.conv_prompt([(q, None)]), boxes, "t"))
-    job = G.prepare(engine, img, items, 12)
+        prompt = generate_common.conv_prompt([(q, None)])
+        items.append(generate_common.question(argparse.Namespace(), img, prompt, boxes, "t"))
+    job = generate_common.prepare(engine, img, items, 12)
     x, prompts, masks = job.image, job.prompts, job.masks
     fast = generation.generate_same_image(model, x, prompts, masks, 12, tok.eos_token_id, batch_size=8)
     naive = [generation.generate_naive(model, tok, [x], [p], [m], 12)[0] for p, m in zip(prompts, masks)]
@@ -221,11 +222,12 @@ def test_rank_scores_match_naive(loaded, images_dir):
     engine = loaded
     tok, model = engine.tokenizer, engine.model
     img = Image.open(Path(images_dir) / "coffee.jpg").convert("RGB")
-    prompt = G.conv_prompt([(question("<region1>", "COCO-80"), None)])
+    prompt = generate_common.conv_prompt([(question("<region1>", "COCO-80"), None)])
     names = ["cat", "cup", "rocket ship", "dining table"]
     cands = [answer_ids(tok, prompt, n) for n in names]
-    job = G.prepare(engine, img, [G.question(argparse.Namespace(), img, prompt, [{"bbox": [20 + 40 * r, 30, 120, 90]}],
-                                             "t") for r in range(2)], 12)
+    items = [generate_common.question(argparse.Namespace(), img, prompt, [{"bbox": [20 + 40 * r, 30, 120, 90]}], "t")
+             for r in range(2)]
+    job = generate_common.prepare(engine, img, items, 12)
     x, pid, masks = job.image, job.prompts[0], job.masks
     fast = generation.score_candidates(model, x, [pid, pid], masks, cands, chunk=3)
     probs = torch.softmax(fast, 1)
@@ -247,22 +249,24 @@ def test_rank_scores_match_naive(loaded, images_dir):
 def test_bad_inputs(tiny_rgpt_dir, data, tmp_path, capsys):
     from rgpt_llava.eval import model_caption, model_pope
     out = tmp_path / "x.jsonl"
-    assert G.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, out, "--question-file",
+    assert generate_common.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, out, "--question-file",
                                                    str(tmp_path / "nope.jsonl"))) == 2
     assert "question file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question_id": 1, "image": "chelsea.jpg", "text": "q"}\n{"question_id": 2,\n')
-    assert G.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, out, "--question-file", str(bad))) == 2
+    assert generate_common.run_main(model_pope.main,
+                                    common_args(tiny_rgpt_dir, data, out, "--question-file", str(bad))) == 2
     assert "line 2: malformed JSON" in capsys.readouterr().err
     unk = tmp_path / "unk.jsonl"
     unk.write_text('{"question_id": 7, "image": "missing.jpg", "bbox": [1, 1, 5, 5]}\n')
-    assert G.run_main(model_caption.main, common_args(tiny_rgpt_dir, data, out, "--question-file", str(unk))) == 2
+    assert generate_common.run_main(model_caption.main,
+                                    common_args(tiny_rgpt_dir, data, out, "--question-file", str(unk))) == 2
     err = capsys.readouterr().err
     assert "line 1" in err and "'missing.jpg' not found" in err
     # the answers file may not be the question file: read as answers, every question would look done
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question_id": 1, "image": "chelsea.jpg", "text": "q"}\n')
-    assert G.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, questions, "--question-file",
+    assert generate_common.run_main(model_pope.main, common_args(tiny_rgpt_dir, data, questions, "--question-file",
                                                    str(questions))) == 2
     assert f"--answers-file {questions} is also --question-file" in capsys.readouterr().err
     assert questions.read_text() == '{"question_id": 1, "image": "chelsea.jpg", "text": "q"}\n'

@@ -168,11 +168,6 @@ def test_no_private_names_imported(path):
     assert private == []
 
 
-# convert.py is reworked on another branch (it imports rgpt_llava.model.builder._strip_prefixes); drop the entry
-# when that lands
-PRIVATE_IMPORTS_ELSEWHERE = {("rgpt_llava/convert.py", "rgpt_llava.model.builder._strip_prefixes")}
-
-
 def test_no_module_imports_another_modules_private_names():
     """The whole package, as REGION_MODULES above: a name that starts with _ is its module's own."""
     found = set()
@@ -181,7 +176,7 @@ def test_no_module_imports_another_modules_private_names():
         found |= {(str(path.relative_to(ROOT)), f"{node.module}.{alias.name}") for node in ast.walk(tree)
                   if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rgpt_llava")
                   for alias in node.names if alias.name.startswith("_")}
-    assert found - PRIVATE_IMPORTS_ELSEWHERE == set()
+    assert found == set()
 
 
 def test_geometry_and_sam_do_not_import_each_other():

@@ -81,16 +81,17 @@ def test_converter_cli(tmp_path, capsys):
 
 def test_eval_prompt_with_regions_as_text(tokenizer):
     from PIL import Image
-    from rgpt_llava.eval import generate_common as G
+    from rgpt_llava.eval import generate_common
     from rgpt_llava.mm_utils import tokenizer_region_token
     img = Image.new("RGB", (200, 100))
     args = types.SimpleNamespace(regions_as_text=True)
-    prompt = G.conv_prompt([("Is <region1> left of <region2>?", None)])
-    q = G.question(args, img, prompt, [{"bbox": [20, 10, 40, 30]}, {"bbox": [0, 0, 200, 100], "segmentation": "x"}],
-                   "q1", aspect="pad")
+    prompt = generate_common.conv_prompt([("Is <region1> left of <region2>?", None)])
+    q = generate_common.question(args, img, prompt,
+                                 [{"bbox": [20, 10, 40, 30]}, {"bbox": [0, 0, 200, 100], "segmentation": "x"}],
+                                 "q1", aspect="pad")
     ids, masks = tokenizer_region_token(q.prompt, tokenizer), q.regions or None
     expected = prompt.replace("<region1>", "[0.10, 0.30, 0.30, 0.45]").replace("<region2>", "[0.00, 0.25, 1.00, 0.75]")
     assert masks is None and ids == tokenizer_region_token(expected, tokenizer)
     assert min(ids) == IMAGE_TOKEN_INDEX and sum(t < 0 for t in ids) == 1   # the image, no region sentinels
     with pytest.raises(EvalInputError, match="q2: region 1 has no 'bbox'"):
-        G.question(args, img, prompt, [{"segmentation": "x"}, {"bbox": [0, 0, 1, 1]}], "q2", aspect="pad")
+        generate_common.question(args, img, prompt, [{"segmentation": "x"}, {"bbox": [0, 0, 1, 1]}], "q2", aspect="pad")

@@ -59,7 +59,7 @@ def describe_checkpoint(model_path: str) -> str:
                           f"{STAGE1_FILE} or {LORA_ADAPTER_FILE})")
 
 
-def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Normalise keys saved from a PEFT-wrapped model (``base_model.model.``) to the plain model's keys."""
     out = {}
     for k, v in state.items():
@@ -85,7 +85,7 @@ def _load_extra_weights(model, model_path, filename, base_info, base_path):
     path = os.path.join(model_path, filename)
     if not os.path.isfile(path):
         raise CheckpointError(f"{model_path}: {filename} is missing")
-    state = _strip_prefixes(torch.load(path, map_location="cpu", weights_only=True))
+    state = strip_prefixes(torch.load(path, map_location="cpu", weights_only=True))
     known = set(model.state_dict())
     unknown = sorted(k for k in state if k not in known)
     if unknown:

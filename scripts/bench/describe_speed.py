@@ -55,14 +55,14 @@ def main(argv=None):
         ap.error("--regions, --rounds, --max-tokens and --batch-size must be at least 1")
     import torch
     from PIL import Image
-    from rgpt_llava.serve.describe import DEFAULT_PROMPT, conversation, describe
+    from rgpt_llava.serve.describe import DEFAULT_PROMPT, describe, describe_prompt
     from rgpt_llava.serve.engine import RegionEngine, Sampling
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path or build_checkpoint(Path(tmp))
         engine = RegionEngine.load(model_path, device=args.device, max_regions=1)
         image = Image.open(ROOT / "tests" / "assets" / "images" / "coffee.jpg").convert("RGB")   # 600 x 400
-        text = conversation(DEFAULT_PROMPT, "vicuna_v1")
+        text = describe_prompt(DEFAULT_PROMPT, "vicuna_v1")
         sampling = Sampling(temperature=0.0, max_new_tokens=args.max_tokens, ignore_eos=True)
 
         def batched(regions):

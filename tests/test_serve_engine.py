@@ -5,7 +5,7 @@ from PIL import Image
 
 from rgpt_llava import generation
 from rgpt_llava.geometry import parse_region
-from rgpt_llava.serve.engine import Delta, RegionEngine, Sampling, _Row, model_name_of
+from rgpt_llava.serve.engine import Delta, RegionEngine, Sampling, ChoiceText, model_name_of
 from rgpt_llava.serve.inputs import InputError
 
 PROMPT = "A chat. USER: <image>\nWhat is <region1> next to <region2>? ASSISTANT:"
@@ -114,16 +114,16 @@ def test_streamed_text_holds_back_what_may_become_a_stop_string():
 
         def decode(self, ids, skip_special_tokens=True):
             return "".join(self.pieces[i] for i in ids)
-    row = _Row(Tok(), ("##",))
+    row = ChoiceText(Tok(), ("##",))
     assert row.push(1, eos=0) == ("ab", None)
     assert row.push(2, eos=0) == ("", None)        # "#" may start "##"
     assert row.push(3, eos=0) == ("#c", None)      # it did not
     assert row.push(4, eos=0) == ("", None)        # an incomplete character waits
-    row = _Row(Tok(), ("##",))
+    row = ChoiceText(Tok(), ("##",))
     row.push(1, eos=0)
     row.push(2, eos=0)
     assert row.push(2, eos=0) == ("", "stop")      # "##": stopped, nothing of it sent
-    row = _Row(Tok(), ())
+    row = ChoiceText(Tok(), ())
     row.push(1, eos=0)
     assert row.push(0, eos=0) == ("", "stop")      # EOS
 

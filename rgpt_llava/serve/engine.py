@@ -94,7 +94,7 @@ class Delta:
 
 
 @dataclass
-class _Row:
+class ChoiceText:
     """One choice's tokens and the text already sent; holds back a tail that may be the start of a stop string."""
     tokenizer: object
     stops: Tuple[str, ...]
@@ -271,7 +271,7 @@ class RegionEngine:
         decoder = generation.BatchDecoder(self.model, state, job.sampling.sampler())
         stops = tuple(s for s in job.sampling.stop if s)
         incremental = stream or bool(stops)
-        rows = [_Row(self.tokenizer, stops, self.special_ids, self.byte_ids) for _ in job.prompts]
+        rows = [ChoiceText(self.tokenizer, stops, self.special_ids, self.byte_ids) for _ in job.prompts]
         eos = None if job.sampling.ignore_eos else self.tokenizer.eos_token_id
         for step in range(job.max_new_tokens):
             tokens = decoder.choose()

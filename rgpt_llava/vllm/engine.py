@@ -2,7 +2,7 @@
 
 It IS a :class:`rgpt_llava.serve.engine.RegionEngine` for everything before generation: ``prepare`` (the same checks,
 the same 4xx :class:`~rgpt_llava.serve.inputs.InputError`, the same token ids and region masks) and the answer's text
-(the same stop-string and byte-fallback handling, ``_Row``). Only generation differs, by one of two paths (PATHS):
+(the same stop-string and byte-fallback handling, ``ChoiceText``). Only generation differs, by one of two paths (PATHS):
 
 - "multimodal" (the default): the request goes to vLLM as ids plus the processed image and its region masks; RGPT's
   vision side runs inside vLLM (:mod:`rgpt_llava.vllm.multimodal`), where the scheduler batches it across requests
@@ -22,7 +22,7 @@ import torch
 
 from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
 from rgpt_llava.model.splice import count_images, embed_text, splice
-from rgpt_llava.serve.engine import Delta, Job, RegionEngine, _Row
+from rgpt_llava.serve.engine import Delta, Job, RegionEngine, ChoiceText
 from rgpt_llava.serve.inputs import InputError
 
 # vLLM's settings that make its answers equal the HF engine's on a CPU: the checkpoint's fp32, no graph capture.
@@ -105,7 +105,7 @@ class _Choice:
     ("length"). Fed as vLLM hands the ids over: all at once, or a few per step."""
 
     def __init__(self, engine: RegionEngine, job: Job, index: int):
-        self.row = _Row(engine.tokenizer, tuple(s for s in job.sampling.stop if s), engine.special_ids,
+        self.row = ChoiceText(engine.tokenizer, tuple(s for s in job.sampling.stop if s), engine.special_ids,
                         engine.byte_ids)
         self.eos = None if job.sampling.ignore_eos else engine.tokenizer.eos_token_id
         self.limit, self.index = job.max_new_tokens, index

@@ -192,3 +192,35 @@ def test_geometry_and_sam_do_not_import_each_other():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_no_import_cycle_in_the_package():
+    """Every import of one rgpt_llava module by another (deferred imports inside functions too) forms no cycle: a
+    module's dependencies can be read without coming back to it."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (ROOT / "rgpt_llava").rglob("*.py")}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rgpt_llava"):
+                graph[name] |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                                for a in node.names} & modules.keys()
+            elif isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names} & modules.keys()
+    graph = {name: deps - {name} for name, deps in graph.items()}
+    # depth-first search; a module met again while still on the path closes a cycle
+    state, cycles = {}, []
+
+    def visit(name, path):
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            if state.get(dep) == "open":
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[name] = "done"
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+    assert graph["rgpt_llava.serve.openai_api"] >= {"rgpt_llava.serve.chat", "rgpt_llava.serve.backends"}  # real edges seen

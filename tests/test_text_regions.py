@@ -77,6 +77,11 @@ def test_converter_cli(tmp_path, capsys):
     assert "width/height" in capsys.readouterr().err
     src.write_text("{")
     assert text_regions.main(["--in", str(src), "--out", str(dst)]) == 2
+    src.write_text(json.dumps([good]))
+    with pytest.raises(SystemExit) as e:             # converting in place would lose the region conversations
+        text_regions.main(["--in", str(src), "--out", str(src)])
+    assert e.value.code == 2 and f"--out {src} is also --in" in capsys.readouterr().err
+    assert json.loads(src.read_text()) == [good]
 
 
 def test_eval_prompt_with_regions_as_text(tokenizer):

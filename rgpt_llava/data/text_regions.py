@@ -18,6 +18,7 @@ from typing import Sequence, Tuple
 from rgpt_llava.constants import REGION_PLACEHOLDER_PATTERN
 from rgpt_llava.jsonl import NOT_A_LIST, JsonFileError, read_records
 from rgpt_llava.mm_utils import region_references
+from rgpt_llava.paths import parse_args_checked
 
 ASPECTS = ("pad", "square")
 
@@ -89,7 +90,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="plain LLaVA conversations (JSON list)")
     ap.add_argument("--image-aspect-ratio", default="pad", choices=ASPECTS)
     ap.add_argument("--image-folder", default=None, help="only needed for samples without width/height")
-    args = ap.parse_args(argv)
+    args = parse_args_checked(ap, argv)   # --out may not be --in: the region conversations would be lost
     try:
         data = [sample for _, sample in read_records(args.inp, jsonl=False, objects=False)]
     except JsonFileError as e:

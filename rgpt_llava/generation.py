@@ -64,6 +64,18 @@ def _encode(model, image, masks: List[Optional[torch.Tensor]]):
     return [img_tok[0]] * b, [s if c else None for s, c in zip(split, counts)]
 
 
+def input_embeddings(model, image: Optional[torch.Tensor], prompts_ids: Sequence[Sequence[int]],
+                     masks: Sequence[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+    """Each prompt's input embeddings [L, D] as the model sees them (no KV cache): the image and all regions encoded
+    in one call, image tokens at the image sentinel and region k's token at its sentinels. For an engine that runs
+    the LLM elsewhere (vLLM's ``prompt_embeds``)."""
+    with torch.inference_mode():
+        if image is None:
+            return [_embed(model, ids, None, None) for ids in prompts_ids]
+        image_tokens, region_tokens = _encode(model, image, list(masks))
+        return [_embed(model, ids, i, r) for ids, i, r in zip(prompts_ids, image_tokens, region_tokens)]
+
+
 def _expand_cache(past, batch: int):
     return tuple((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past)
 

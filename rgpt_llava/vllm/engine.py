@@ -21,7 +21,7 @@ from typing import AsyncIterator, Iterator, List, Optional, Sequence
 import torch
 
 from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
-from rgpt_llava.model.splice import count_images, embed_text, splice
+from rgpt_llava import generation
 from rgpt_llava.serve.engine import Delta, Job, RegionEngine, ChoiceText
 from rgpt_llava.serve.inputs import InputError
 
@@ -79,24 +79,8 @@ def multimodal_request(job: Job, index: int, image_tokens: int, map_size) -> dic
 
 
 def spliced_embeddings(model, job: Job) -> List[torch.Tensor]:
-    """Each prompt's input embeddings [L, D] as the HF model sees them: the image and all regions of the job encoded
-    in one call, image tokens at the image sentinel and region k's token at its sentinels (the one splice)."""
-    counts = [0 if m is None else int(m.shape[0]) for m in job.masks]
-    image_tokens, region_tokens = None, [None] * len(job.prompts)
-    with torch.inference_mode():
-        if job.image is not None:
-            masks = [m for m in job.masks if m is not None and m.shape[0]]
-            image_out, regions_out = model.encode_images_and_regions(job.image[None],
-                                                                     [torch.cat(masks) if masks else None])
-            image_tokens = image_out[0]
-            if sum(counts):
-                region_tokens = [r if c else None for r, c in zip(torch.split(regions_out[0], counts), counts)]
-        embeds = []
-        for ids, regions in zip(job.prompts, region_tokens):
-            t = torch.tensor(ids, dtype=torch.long, device=model.device)
-            images = [image_tokens] * count_images(t) if image_tokens is not None else []
-            embeds.append(splice(t, embed_text(model.get_model().embed_tokens, t), images, regions)[0].cpu())
-    return embeds
+    """Each prompt's input embeddings [L, D] as the HF model sees them (rgpt_llava.generation, the one splice)."""
+    return [e.cpu() for e in generation.input_embeddings(model, job.image, job.prompts, job.masks)]
 
 
 class _Choice:

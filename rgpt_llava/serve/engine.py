@@ -31,9 +31,19 @@ async def run_on(executor, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
-async def iterate_on(executor, items: Iterator) -> AsyncIterator:
+async def iterate_on(executor, items) -> AsyncIterator:
     """A blocking iterator advanced on ``executor``, one item at a time. When the consumer stops (a client gone),
-    nothing more is computed, and the iterator is closed."""
+    nothing more is computed, and the iterator is closed. An async iterator (vLLM's engine streams) is consumed as it
+    is, and likewise closed."""
+    if hasattr(items, "__aiter__"):
+        try:
+            async for item in items:
+                yield item
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
+        return
     try:
         while True:
             item = await run_on(executor, next, items, _END)
@@ -306,3 +316,7 @@ class RegionEngine:
             for d in deltas:
                 texts[d.index] += d.text
         return texts
+
+    def answer_many(self, jobs: Sequence[Job]) -> List[List[str]]:
+        """Each job's choices' answers: one job after another here; vLLM's engine takes them all at once."""
+        return [self.answer(job) for job in jobs]

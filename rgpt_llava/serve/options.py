@@ -2,13 +2,15 @@
 
 The CLI, ``describe``, the model worker, the OpenAI-compatible API and the web page take the same model flags
 (``--model-path --model-base --device --load-8bit --load-4bit --sam-model``); the three servers add the same serving
-flags (``--model-name --host --port --max-regions``). They are declared once here (:func:`add_model_flags`,
+flags (``--model-name --host --port --max-regions``); the entries that can generate with vLLM (the API, the worker,
+the batch command) add ``--engine hf|vllm`` and ``--vllm-option`` (:func:`add_engine_flags`). They are declared once here (:func:`add_model_flags`,
 :func:`add_server_flags`) so a flag reads, defaults and is checked the same way everywhere, and the engine is loaded
 from them by one function (:func:`load_engine`) whose failures are one line naming the flag (:class:`StartupError`).
 """
 import argparse
+import json
 import socket
-from typing import Optional
+from typing import Optional, Tuple
 
 from rgpt_llava.regions.prompts import SAM_FLAG
 from rgpt_llava.serve.engine import RegionEngine, model_name_of
@@ -50,6 +52,31 @@ def add_server_flags(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--max-regions", type=int, default=MAX_REGIONS, help="regions per request")
 
 
+ENGINES = ("hf", "vllm")
+
+
+def vllm_option(text: str) -> Tuple[str, object]:
+    """``KEY=VALUE`` of ``--vllm-option``: VALUE read as JSON (``2``, ``true``, ``0.9``), else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. tensor_parallel_size=2")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: who generates -- ``hf`` (transformers' ``generate`` in this process, one request at a time) or
+    ``vllm`` (vLLM's engine: continuous batching across requests; the vllm stack, docs/VLLM.md); ``--vllm-option``:
+    more of vLLM's engine arguments (``tensor_parallel_size=2``, ``gpu_memory_utilization=0.8``, ...)."""
+    parser.add_argument("--engine", choices=ENGINES, default="hf",
+                        help="hf: transformers in this process; vllm: vLLM's engine (docs/VLLM.md). Default hf")
+    parser.add_argument("--vllm-option", type=vllm_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="a vLLM engine argument (repeatable), e.g. tensor_parallel_size=2; VALUE is JSON or a "
+                             "string")
+
+
 def add_conv_mode_flag(parser: argparse.ArgumentParser) -> None:
     """``--conv-mode``: the entries that build the prompt themselves (not the worker, whose clients send it built)."""
     parser.add_argument("--conv-mode", default="vicuna_v1", help="LLaVA's conversation template (default vicuna_v1)")
@@ -85,12 +112,16 @@ def served_name(args: argparse.Namespace) -> str:
     return args.model_name or model_name_of(args.model_path)
 
 
-def load_engine(args: argparse.Namespace, **engine_args) -> RegionEngine:
+def load_engine(args: argparse.Namespace, asynchronous: bool = False, **engine_args) -> RegionEngine:
     """The engine the model flags ask for (``engine_args``: :meth:`RegionEngine.load`'s own: ``max_regions``,
     ``name``; ``sam_model=None`` for an entry that used SAM itself before loading the model). A checkpoint or SAM
-    folder that cannot be loaded is a :class:`StartupError` naming its flag."""
+    folder that cannot be loaded is a :class:`StartupError` naming its flag. With ``--engine vllm``
+    (:func:`add_engine_flags`): a :class:`rgpt_llava.vllm.engine.VLLMRegionEngine`, or with ``asynchronous`` the
+    ``AsyncVLLMRegionEngine`` for a server (load it inside the server's event loop)."""
     from rgpt_llava.model.builder import CheckpointError
     engine_args = {"sam_model": args.sam_model, **engine_args}
+    if getattr(args, "engine", "hf") == "vllm":
+        return load_vllm_engine(args, asynchronous, **engine_args)
     try:
         return RegionEngine.load(args.model_path, args.model_base, args.device, args.load_8bit, args.load_4bit,
                                  **engine_args)
@@ -98,6 +129,31 @@ def load_engine(args: argparse.Namespace, **engine_args) -> RegionEngine:
         # SAM's errors name their flag already; the checkpoint's are the loader's words about the folder
         where = "" if str(e).startswith(SAM_FLAG) else f"--model-path {args.model_path}: "
         raise StartupError(f"{where}{e}") from e
+
+
+def load_vllm_engine(args: argparse.Namespace, asynchronous: bool, **engine_args) -> RegionEngine:
+    """:func:`load_engine` for ``--engine vllm``."""
+    from rgpt_llava.model.builder import CheckpointError
+    for flag in ("load_8bit", "load_4bit"):
+        if getattr(args, flag, False):
+            raise StartupError(f"--{flag.replace('_', '-')} is the HF engine's quantisation; with --engine vllm pass "
+                               f"vLLM's own, e.g. --vllm-option quantization=bitsandbytes")
+    try:
+        from rgpt_llava.vllm.engine import AsyncVLLMRegionEngine, VLLMRegionEngine
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise StartupError(f"--engine vllm: vLLM is not installed here ({e}); install the vllm stack "
+                           f"(RGPT_STACK=vllm bash scripts/install.sh, docs/VLLM.md)") from None
+    cls = AsyncVLLMRegionEngine if asynchronous else VLLMRegionEngine
+    try:
+        return cls.load(args.model_path, args.model_base, device=args.device or "cpu",
+                        vllm_options=dict(getattr(args, "vllm_option", [])), **engine_args)
+    except (CheckpointError, FileNotFoundError) as e:
+        where = "" if str(e).startswith(SAM_FLAG) else f"--model-path {args.model_path}: "
+        raise StartupError(f"{where}{e}") from e
+    except Exception as e:  # noqa: BLE001  vLLM's own refusals (an option it does not know, no memory for the cache)
+        raise StartupError(f"--engine vllm: vLLM could not start on {args.model_path} ({type(e).__name__}: "
+                           f"{e})") from e
 
 
 def load_sam(args: argparse.Namespace):

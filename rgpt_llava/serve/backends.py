@@ -1,10 +1,12 @@
-"""Who answers a chat request: the model in this process (:class:`LocalBackend`) or the model workers behind LLaVA's
-controller (:class:`ControllerBackend`). The OpenAI-compatible API and the web page ask through a :class:`Backend`,
-so they check and answer alike whichever one serves.
+"""Who answers a chat request: the model in this process (:class:`LocalBackend`), the model in this process with vLLM
+generating (:class:`VLLMBackend`, ``--engine vllm``) or the model workers behind LLaVA's controller
+(:class:`ControllerBackend`). The OpenAI-compatible API and the web page ask through a :class:`Backend`, so they check
+and answer alike whichever one serves.
 
-A new backend (vLLM, say) implements :class:`Backend`: ``models``, ``start`` (check the request against the model
-and return its event stream and usage, raising :class:`~rgpt_llava.serve.chat.APIError` before any output for a bad
-request), and the ``executor`` / ``sam`` attributes; :func:`backend_from_args` is where a flag picks it.
+A new backend implements :class:`Backend`: ``models``, ``healthy``, ``start`` (check the request against the model
+and return its event stream -- blocking or async -- and usage, raising :class:`~rgpt_llava.serve.chat.APIError`
+before any output for a bad request), and the ``executor`` / ``sam`` attributes; :func:`backend_from_args` is where a
+flag picks it.
 
 Regions reach a backend as the request's parts (:class:`~rgpt_llava.serve.chat.Part`: REGION JSON, a decoded mask,
 or a parsed :class:`~rgpt_llava.regions.region.Region`). The local backend parses them for the engine
@@ -15,16 +17,16 @@ or a parsed :class:`~rgpt_llava.regions.region.Region`). The local backend parse
 import base64
 import io
 import json
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 from rgpt_llava.regions.rasterize import full_mask
 from rgpt_llava.regions.region import Region
 from rgpt_llava.sam import needs_sam
 from rgpt_llava.serve.chat import (APIError, ChatRequest, bad_request, conversation_prompt, refused_input,
                                    turns_and_regions)
-from rgpt_llava.serve.engine import RegionEngine, Sampling, iterate_on
+from rgpt_llava.serve.engine import Job, RegionEngine, Sampling, iterate_on
 from rgpt_llava.serve.inputs import InputError, parse_regions
 
 
@@ -34,6 +36,14 @@ class Event:
     text: str
     finish_reason: Optional[str]
     error: Optional[str] = None    # a failure reported by a worker after the stream began
+    status: int = 502              # its HTTP status: 502 a worker failed; 503 the engine has stopped
+
+    def api_error(self) -> APIError:
+        return APIError(self.status, self.error, type_="service_unavailable" if self.status == 503 else "server_error")
+
+
+# What ``Backend.start`` returns as events: a blocking iterator (run on the backend's ``executor``) or an async one.
+Events = Union[Iterator[List[Event]], AsyncIterator[List[Event]]]
 
 
 @dataclass
@@ -58,20 +68,25 @@ class Backend(Protocol):
     def models(self) -> List[str]:
         """The model names served; :class:`APIError` 503 when they cannot be asked."""
 
-    def start(self, req: ChatRequest) -> Tuple[Iterator[List[Event]], Usage]:
+    def healthy(self) -> bool:
+        """False once this backend can answer nothing more (vLLM's engine process has died): the server's health
+        endpoint then fails, and the server exits for its supervisor to restart it."""
+
+    def start(self, req: ChatRequest) -> Tuple[Events, Usage]:
         """Check ``req`` against the model -- an :class:`APIError` here, before any output, for a bad request -- and
         return the events (after each step, the choices' new text) and the usage, filled in as the events are
         consumed. Stopping the iteration stops the generation."""
 
 
-async def collect(executor: Optional[Executor], events: Iterator[List[Event]], count: int
+async def collect(executor: Optional[Executor], events: Events, count: int
                   ) -> Tuple[List[str], List[Optional[str]]]:
-    """Every choice's whole text and finish reason; a failure reported mid-stream is an :class:`APIError` 502."""
+    """Every choice's whole text and finish reason; a failure reported mid-stream is an :class:`APIError` (502, or
+    503 when the engine has stopped)."""
     texts, reasons = [""] * count, [None] * count
     async for evs in iterate_on(executor, events):
         for ev in evs:
             if ev.error:
-                raise APIError(502, ev.error, type_="server_error")
+                raise ev.api_error()
             texts[ev.index] += ev.text
             reasons[ev.index] = ev.finish_reason or reasons[ev.index]
     return texts, reasons
@@ -88,7 +103,11 @@ class LocalBackend:
     def models(self) -> List[str]:
         return [self.engine.name]
 
-    def start(self, req: ChatRequest) -> Tuple[Iterator[List[Event]], Usage]:
+    def healthy(self) -> bool:
+        return True
+
+    def prepare(self, req: ChatRequest) -> Tuple[Job, Usage]:
+        """The request checked against the model and prepared as one engine job (every choice), and its usage."""
         if req.model is not None and req.model != self.engine.name:
             raise APIError(404, f"the model {req.model!r} does not exist here; served: {self.engine.name}", "model",
                            code="model_not_found")
@@ -104,7 +123,10 @@ class LocalBackend:
             job = self.engine.prepare(req.image, items, req.sampling, param="messages")
         except InputError as e:
             raise refused_input(e) from None
-        usage = Usage(prompt_tokens=sum(job.prompt_tokens) if req.per_region else job.prompt_tokens[0])
+        return job, Usage(prompt_tokens=sum(job.prompt_tokens) if req.per_region else job.prompt_tokens[0])
+
+    def start(self, req: ChatRequest) -> Tuple[Events, Usage]:
+        job, usage = self.prepare(req)
 
         def events():
             for deltas in self.engine.generate(job, stream=req.stream):
@@ -112,6 +134,43 @@ class LocalBackend:
                     usage.completion_tokens[d.index] = d.completion_tokens
                 yield [Event(d.index, d.text, d.finish_reason) for d in deltas]
         return events(), usage
+
+
+ENGINE_STOPPED = ("the vLLM engine has stopped ({}); this server is exiting so that its supervisor restarts it: "
+                  "retry shortly")
+
+
+class VLLMBackend(LocalBackend):
+    """The model in this process with vLLM generating (``--engine vllm``:
+    :class:`rgpt_llava.vllm.engine.AsyncVLLMRegionEngine`). Requests are checked and prepared exactly as
+    :class:`LocalBackend` does (the same 4xx), on a pool of ``prepare_threads`` threads (image and masks: CPU work
+    beside vLLM's engine process, off the event loop), and then generated concurrently: vLLM batches every request
+    in flight. When vLLM's engine process dies, requests in flight and new ones end with a 503 and
+    :meth:`healthy` turns False."""
+
+    def __init__(self, engine: RegionEngine, conv_mode: str, prepare_threads: int = 2):
+        super().__init__(engine, conv_mode)
+        self.executor = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="rgpt-prepare")
+
+    def healthy(self) -> bool:
+        return self.engine.healthy
+
+    def start(self, req: ChatRequest) -> Tuple[Events, Usage]:
+        if not self.healthy():
+            raise APIError(503, ENGINE_STOPPED.format("its process is gone"), type_="service_unavailable")
+        job, usage = self.prepare(req)
+        return self.events(job, usage), usage
+
+    async def events(self, job: Job, usage: Usage) -> AsyncIterator[List[Event]]:
+        """vLLM's stream as events; its engine's death as one 503 event (the 200 of a stream may be out already)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+        try:
+            async for deltas in self.engine.agenerate(job):
+                for d in deltas:
+                    usage.completion_tokens[d.index] = d.completion_tokens
+                yield [Event(d.index, d.text, d.finish_reason) for d in deltas]
+        except EngineDeadError as e:
+            yield [Event(0, "", None, error=ENGINE_STOPPED.format(type(e).__name__), status=503)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,6 +227,9 @@ class ControllerBackend:
     def models(self) -> List[str]:
         return sorted(self._post("/list_models").get("models", []))
 
+    def healthy(self) -> bool:
+        return True     # the controller and its workers fail per request (503), and are restarted on their own
+
     def _worker(self, model: str, refresh: bool = False) -> str:
         if refresh:
             self._post("/refresh_all_workers")
@@ -187,7 +249,7 @@ class ControllerBackend:
         except InputError as e:
             raise refused_input(e) from None
 
-    def start(self, req: ChatRequest) -> Tuple[Iterator[List[Event]], Usage]:
+    def start(self, req: ChatRequest) -> Tuple[Events, Usage]:
         models = self.models()
         model = req.model or (models[0] if len(models) == 1 else None)
         if model is None:
@@ -255,10 +317,14 @@ def _worker_error(r) -> str:
 def backend_from_args(args, controller: Optional[str]) -> Backend:
     """The backend a server's flags ask for (the API and the web page; flags of
     :func:`rgpt_llava.serve.options.add_model_flags`): ``--model-path`` loads the model (and ``--sam-model``) in this
-    process; otherwise the model workers behind LLaVA's ``controller``, with SAM, when given, loaded here to turn
-    clicks, scribbles and snapped boxes into masks before a request is forwarded. Errors are
+    process -- generating with vLLM under ``--engine vllm`` (then call this inside the server's event loop);
+    otherwise the model workers behind LLaVA's ``controller``, with SAM, when given, loaded here to turn clicks,
+    scribbles and snapped boxes into masks before a request is forwarded. Errors are
     :class:`rgpt_llava.serve.options.StartupError`."""
     from rgpt_llava.serve.options import load_engine, load_sam, served_name
+    if args.model_path and getattr(args, "engine", "hf") == "vllm":
+        return VLLMBackend(load_engine(args, asynchronous=True, max_regions=args.max_regions, name=served_name(args)),
+                           args.conv_mode)
     if args.model_path:
         return LocalBackend(load_engine(args, max_regions=args.max_regions, name=served_name(args)), args.conv_mode)
     return ControllerBackend(controller, args.conv_mode, sam=load_sam(args))

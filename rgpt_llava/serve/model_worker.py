@@ -3,7 +3,8 @@
     python -m llava.serve.controller --host 127.0.0.1 --port 21001
     python -m rgpt_llava.serve.model_worker --controller-address http://127.0.0.1:21001 \\
         --worker-address http://127.0.0.1:21002 --port 21002 --model-path CKPT [--model-base B] [--device cpu] \\
-        [--load-4bit | --load-8bit] [--limit-model-concurrency 5] [--model-name NAME] [--max-regions 64]
+        [--load-4bit | --load-8bit] [--limit-model-concurrency 5] [--model-name NAME] [--max-regions 64] \
+        [--engine vllm [--vllm-option tensor_parallel_size=2]]
 
 It registers with LLaVA's unmodified controller, sends its heartbeats and answers ``/worker_generate_stream`` and
 ``/worker_get_status`` as LLaVA's worker does (``ModelWorker`` is subclassed: registration and heartbeats are
@@ -16,7 +17,10 @@ The request's params add one key, ``"regions"``: one list of REGION (docs/SERVIN
 * a bad request is answered before any generation with HTTP 400 and LLaVA's chunk ``{"text": <what is wrong>,
   "error_code": 1}`` (LLaVA's worker sends HTTP 200 and "NETWORK ERROR DUE TO HIGH TRAFFIC" for every failure);
 * chunks also carry ``finish_reason`` and ``usage`` (token counts), which LLaVA's clients ignore;
-* the heartbeat thread is a daemon, so the worker stops on SIGTERM / Ctrl-C.
+* the heartbeat thread is a daemon, so the worker stops on SIGTERM / Ctrl-C;
+* ``--engine vllm`` generates with vLLM (its requests batched continuously; ``--limit-model-concurrency`` then
+  defaults to 256); if vLLM's engine process dies, requests get LLaVA's error chunk (new ones with HTTP 503) and the
+  worker exits with status 1 (the controller drops it; a supervisor restarts it).
 """
 import argparse
 import asyncio
@@ -25,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator, Tuple
+from typing import AsyncIterator, Iterator, Tuple
 
 # LLaVA's worker module redirects stdout / stderr into its logger when imported (its log file is still written);
 # keep this process's own streams.
@@ -35,11 +39,13 @@ sys.stdout, sys.stderr = _streams
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL  # noqa: E402
 
+from rgpt_llava.serve.backends import ENGINE_STOPPED  # noqa: E402
 from rgpt_llava.serve.chat import ParamError, flag, number, stops  # noqa: E402
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling, iterate_on, run_on  # noqa: E402
 from rgpt_llava.serve.inputs import InputError, decode_image, parse_regions, split_alpha  # noqa: E402
-from rgpt_llava.serve.options import (StartupError, add_model_flags, add_server_flags, check_at_least_one,  # noqa: E402
-                                      check_listen_address, load_engine, served_name)
+from rgpt_llava.serve.options import (StartupError, add_engine_flags, add_model_flags, add_server_flags,  # noqa: E402
+                                      check_at_least_one, check_listen_address, load_engine, served_name,
+                                      serve_until_unhealthy)
 
 MAX_NEW_TOKENS_CAP = 1024   # LLaVA's worker caps max_new_tokens at 1024 too
 
@@ -116,14 +122,35 @@ class RegionModelWorker(llava_worker.ModelWorker):
     def get_queue_length(self) -> int:
         return self.running + self.waiting
 
-    def stream(self, job: Job, prompt: str) -> Iterator[bytes]:
-        """LLaVA's chunks: the prompt plus the answer so far, each time the answer grows."""
+    def healthy(self) -> bool:
+        """False once vLLM's engine process has died (always True with the HF engine)."""
+        return getattr(self.engine, "healthy", True)
+
+    def stream(self, job: Job, prompt: str):
+        """LLaVA's chunks: the prompt plus the answer so far, each time the answer grows (async with vLLM)."""
+        if hasattr(self.engine, "agenerate"):
+            return self._vllm_stream(job, prompt)
+        return self._stream(job, prompt)
+
+    def _stream(self, job: Job, prompt: str) -> Iterator[bytes]:
         text, usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
         for deltas in self.engine.generate(job):
             d = deltas[0]
             text += d.text
             usage["completion_tokens"] = d.completion_tokens
             yield _chunk({"text": text, "error_code": 0, "finish_reason": d.finish_reason, "usage": usage})
+
+    async def _vllm_stream(self, job: Job, prompt: str) -> AsyncIterator[bytes]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+        text, usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
+        try:
+            async for deltas in self.engine.agenerate(job):
+                d = deltas[0]
+                text += d.text
+                usage["completion_tokens"] = d.completion_tokens
+                yield _chunk({"text": text, "error_code": 0, "finish_reason": d.finish_reason, "usage": usage})
+        except EngineDeadError as e:
+            yield _chunk({"text": ENGINE_STOPPED.format(type(e).__name__), "error_code": 1})
 
 
 def build_app(worker: RegionModelWorker):
@@ -155,6 +182,8 @@ def build_app(worker: RegionModelWorker):
             params = await request.json()
         except ValueError:
             return error("the request body is not JSON")
+        if not worker.healthy():
+            return error(ENGINE_STOPPED.format("its process is gone"), status=503)
         try:
             job, prompt = await run_on(worker.engine.executor, parse_params, worker.engine, params)
         except InputError as e:
@@ -196,34 +225,50 @@ def build_app(worker: RegionModelWorker):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p, "a local SAM folder: accept points, scribbles and snapped boxes as regions")
+    add_engine_flags(p)
     add_server_flags(p, port=21002)
     p.add_argument("--worker-address", default=None, help="the URL the controller reaches this worker at "
                                                            "(default http://HOST:PORT)")
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
-    p.add_argument("--limit-model-concurrency", type=int, default=5)
+    p.add_argument("--limit-model-concurrency", type=int, default=None,
+                   help="requests generating at once (default 5; 256 with --engine vllm)")
     p.add_argument("--no-register", action="store_true", help="serve without a controller")
     args = p.parse_args(argv)
+    if args.limit_model_concurrency is None:
+        args.limit_model_concurrency = 256 if args.engine == "vllm" else 5
     check_at_least_one(p, args, "limit_model_concurrency", "max_regions")
-    name = served_name(args)
     try:
         check_listen_address(args.host, args.port)
-        engine = load_engine(args, max_regions=args.max_regions, name=name)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    worker_addr = args.worker_address or f"http://{args.host}:{args.port}"
+    # in one event loop from loading to serving: vLLM's async engine binds to the loop it is loaded in
+    return asyncio.run(serve(args))
+
+
+async def serve(args) -> int:
+    name = served_name(args)
     try:
-        worker = RegionModelWorker(args.controller_address, worker_addr, engine, name, args.limit_model_concurrency,
-                                   no_register=args.no_register)
-    except Exception as e:  # requests' connection errors, LLaVA's assert on the status
-        print(f"error: cannot register with the controller at {args.controller_address} ({type(e).__name__}: {e}); "
-              f"start it first (python -m llava.serve.controller) or pass --no-register", file=sys.stderr)
+        engine = load_engine(args, asynchronous=True, max_regions=args.max_regions, name=name)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    import uvicorn
-    print(f"worker {name} at {worker_addr} (controller {args.controller_address if not args.no_register else 'none'})",
-          flush=True)
-    uvicorn.run(build_app(worker), host=args.host, port=args.port, log_level="warning")
-    return 0
+    try:
+        worker_addr = args.worker_address or f"http://{args.host}:{args.port}"
+        try:
+            worker = RegionModelWorker(args.controller_address, worker_addr, engine, name,
+                                       args.limit_model_concurrency, no_register=args.no_register)
+        except Exception as e:  # requests' connection errors, LLaVA's assert on the status
+            print(f"error: cannot register with the controller at {args.controller_address} ({type(e).__name__}: "
+                  f"{e}); start it first (python -m llava.serve.controller) or pass --no-register", file=sys.stderr)
+            return 2
+        print(f"worker {name} at {worker_addr} (controller "
+              f"{args.controller_address if not args.no_register else 'none'})", flush=True)
+        return await serve_until_unhealthy(build_app(worker), args.host, args.port, worker.healthy)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:    # vLLM's engine process and its reserved memory
+            close()
 
 
 if __name__ == "__main__":

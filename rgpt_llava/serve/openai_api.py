@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat-completions API for RGPT, with regions as content parts beside the image.
 
     python -m rgpt_llava.serve.openai_api --model-path CKPT [--model-base B] [--device cpu] [--host H --port 8000]
+    python -m rgpt_llava.serve.openai_api --model-path CKPT --engine vllm [--vllm-option tensor_parallel_size=2]
     python -m rgpt_llava.serve.openai_api --controller-address http://127.0.0.1:21001    # forward to model workers
 
 ``GET /v1/models``; ``POST /v1/chat/completions`` (stream or not; ``temperature``, ``top_p``, ``max_tokens`` /
@@ -21,7 +22,12 @@ With ``--sam-model PATH``, regions may also be prompts that SAM turns into masks
 ``{"scribble": ...}``, ``{"box": ..., "snap": true}``). ``POST /v1/regions/describe`` answers one prompt per region of
 one image -- the regions given, or SAM's automatic proposals -- with each region's mask (COCO RLE), box and text.
 
-Errors are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
+Errors are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status. ``GET /health``:
+200 while the server can answer; 503 once it cannot (vLLM's engine process has died), when requests get 503 too and
+the server exits with status 1 so that a supervisor restarts it.
+
+``--engine vllm`` generates with vLLM (continuous batching across requests; docs/VLLM.md): the same requests, checks
+and answers; ``--limit-concurrency`` then defaults to 256 (vLLM batches what is in flight).
 """
 import argparse
 import asyncio
@@ -38,8 +44,9 @@ from rgpt_llava.serve.backends import Backend, Usage, backend_from_args, collect
 from rgpt_llava.serve.chat import APIError, ChatRequest, bad_request, parse_chat_request, parse_describe_request
 from rgpt_llava.serve.engine import iterate_on, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS
-from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_model_flags, add_server_flags,
-                                      check_at_least_one, check_listen_address)
+from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_engine_flags, add_model_flags,
+                                      add_server_flags, check_at_least_one, check_listen_address,
+                                      serve_until_unhealthy)
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -123,8 +130,7 @@ class Routes:
                 out = []
                 for ev in evs:
                     if ev.error:   # after the 200 went out: OpenAI's error object as the last event
-                        failure = APIError(502, ev.error, type_="server_error").body()
-                        yield f"data: {json.dumps(failure)}\n\n".encode()
+                        yield f"data: {json.dumps(ev.api_error().body())}\n\n".encode()
                         return
                     out.append({"index": ev.index, "delta": {"content": ev.text} if ev.text else {},
                                 "logprobs": None, "finish_reason": ev.finish_reason})
@@ -133,6 +139,13 @@ class Routes:
             if include_usage:
                 yield chunk([], usage=usage.body())
             yield b"data: [DONE]\n\n"
+
+    async def health(self):
+        """``GET /health``: 200 while this server can answer, 503 (OpenAI's error shape) once it cannot."""
+        if self.backend.healthy():
+            return {"status": "ok"}
+        return error_response(APIError(503, "the engine has stopped; this server is exiting",
+                                       type_="service_unavailable"))
 
     async def describe_regions(self, request: Request):
         """``POST /v1/regions/describe``: one answer per region of one image (given, or proposed by SAM)."""
@@ -161,6 +174,7 @@ def build_app(backend: Backend, max_regions: int = MAX_REGIONS, limit_concurrenc
     app = FastAPI(title="rgpt_llava OpenAI-compatible API")
     routes = Routes(backend, max_regions, limit_concurrency)
     app.add_exception_handler(Exception, routes.unexpected)
+    app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     app.add_api_route("/v1/regions/describe", routes.describe_regions, methods=["POST"])
@@ -172,22 +186,41 @@ def main(argv=None) -> int:
     add_model_flags(p, "a local SAM folder: points, scribbles and snapped boxes as regions; region proposals",
                     controller="--controller-address",
                     controller_help="forward to the model workers behind LLaVA's controller")
+    add_engine_flags(p)
     add_server_flags(p, port=8000)
     add_conv_mode_flag(p)
-    p.add_argument("--limit-concurrency", type=int, default=5, help="requests generating at once; others queue")
+    p.add_argument("--limit-concurrency", type=int, default=None,
+                   help="requests generating at once; others queue (default 5; 256 with --engine vllm)")
     args = p.parse_args(argv)
+    if args.limit_concurrency is None:
+        args.limit_concurrency = 256 if args.engine == "vllm" else 5
     check_at_least_one(p, args, "max_regions", "limit_concurrency")
+    if args.engine == "vllm" and args.controller_address:
+        p.error("--engine vllm generates in this process: give --model-path (the workers behind a controller take "
+                "their own --engine)")
     try:
         check_listen_address(args.host, args.port)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # in one event loop from loading to serving: vLLM's async engine binds to the loop it is loaded in
+    return asyncio.run(serve(args))
+
+
+async def serve(args) -> int:
+    try:
         backend = backend_from_args(args, args.controller_address)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import uvicorn
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(build_app(backend, args.max_regions, args.limit_concurrency), host=args.host, port=args.port,
-                log_level="warning")
-    return 0
+    try:
+        return await serve_until_unhealthy(build_app(backend, args.max_regions, args.limit_concurrency), args.host,
+                                           args.port, backend.healthy)
+    finally:
+        close = getattr(getattr(backend, "engine", None), "close", None)
+        if close is not None:    # vLLM's engine process and its reserved memory
+            close()
 
 
 if __name__ == "__main__":

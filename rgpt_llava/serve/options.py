@@ -8,9 +8,11 @@ the batch command) add ``--engine hf|vllm`` and ``--vllm-option`` (:func:`add_en
 from them by one function (:func:`load_engine`) whose failures are one line naming the flag (:class:`StartupError`).
 """
 import argparse
+import asyncio
 import json
 import socket
-from typing import Optional, Tuple
+import sys
+from typing import Callable, Optional, Tuple
 
 from rgpt_llava.regions.prompts import SAM_FLAG
 from rgpt_llava.serve.engine import RegionEngine, model_name_of
@@ -166,3 +168,33 @@ def load_sam(args: argparse.Namespace):
         return SamPrompter(args.sam_model, args.device)
     except SamModelError as e:
         raise StartupError(str(e)) from e
+
+
+async def serve_until_unhealthy(app, host: str, port: int, healthy: Callable[[], bool], poll_s: float = 0.5,
+                                grace_s: float = 5.0) -> int:
+    """Serve ``app`` with uvicorn until SIGTERM / Ctrl-C (status 0) or until ``healthy()`` turns False (vLLM's
+    engine process died): requests then get 503s for ``grace_s`` more seconds (clients and the health endpoint see
+    why), and the server stops with status 1 for a supervisor to restart it -- as vLLM's own server exits when its
+    engine is dead."""
+    import uvicorn
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    stopped = []
+
+    async def watch():
+        while not server.should_exit:
+            await asyncio.sleep(poll_s)
+            if not healthy():
+                stopped.append(True)
+                print("error: the engine has stopped (its process is gone); answering 503 and exiting with status 1 "
+                      "for a supervisor to restart this server", file=sys.stderr, flush=True)
+                await asyncio.sleep(grace_s)
+                server.should_exit = True
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    return 1 if stopped else 0

@@ -4,7 +4,17 @@ one region per request (the way a client of a one-mask server has to ask), measu
 
     python scripts/bench/serve_load.py [--clients 1 4 16] [--regions 1 8 32] [--rounds 2] [--max-tokens 8]
                                        [--model-path CKPT] [--device cpu] [--json out.json]
+    python scripts/bench/serve_load.py --engines hf vllm [--clients 64] [--max-regions 8] [--max-tokens 32]
+                                       [--hidden 256 --layers 4 | --model-path CKPT] [--json out.json]
 
+``--engines hf vllm`` (the vllm stack: ``.venv-vllm/bin/python``): the same API with ``--engine hf`` and then with
+``--engine vllm`` (each with its default ``--limit-concurrency``) on one checkpoint: ``--clients`` concurrent clients,
+each posting one request about 1..``--max-regions`` boxes of the photo (one question naming them all, greedy, exactly
+``--max-tokens`` tokens); requests/s, p50 / p95 latency, the ratio, and whether the answers are equal. Without
+``--model-path`` the checkpoint is random: LLaMA's tokenizer, the tiny CLIP tower, a Llama of ``--hidden`` x
+``--layers`` (heads of 64, a size vLLM's CPU attention has kernels for).
+
+Without ``--engines``:
 The server (``python -m rgpt_llava.serve.openai_api``) runs in its own process on a loopback port, on a tiny random
 checkpoint unless ``--model-path`` is given. Each request asks "Describe <region> briefly." about R regions of one
 photo with ``per_region`` (one answer per region, decoded as one batch on one image encoding); the baseline asks the
@@ -48,12 +58,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_path: str, device: str, port: int, max_regions: int, log: Path):
+def start_server(model_path: str, device: str, port: int, max_regions: int, log: Path, *extra: str):
     import requests
+    extra = extra or ("--limit-concurrency", "64")
     proc = subprocess.Popen([sys.executable, "-m", "rgpt_llava.serve.openai_api", "--model-path", model_path,
                              "--model-name", "bench", "--device", device, "--host", "127.0.0.1", "--port", str(port),
-                             "--max-regions", str(max_regions), "--limit-concurrency", "64"],
-                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                             "--max-regions", str(max_regions), *extra],
+                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -118,6 +130,98 @@ def run_clients(base: str, clients: int, jobs_per_client, rounds: int):
     return latencies, wall
 
 
+def stop_server(server) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def engine_bodies(url: str, clients: int, max_regions: int, max_tokens: int):
+    """Request k: one question naming 1 + k % max_regions boxes (seeded), greedy, exactly ``max_tokens`` tokens."""
+    import random
+    rng = random.Random(0)
+    out = []
+    for k in range(clients):
+        count = 1 + k % max_regions
+        regions = []
+        for _ in range(count):
+            x, y = rng.randrange(0, 560), rng.randrange(0, 360)
+            regions.append({"box": [x, y, rng.randrange(x + 20, 600), rng.randrange(y + 20, 400)]})
+        text = "Describe " + ", ".join(f"<region{i + 1}>" for i in range(count)) + "."
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+        content += [{"type": "region", "region": r} for r in regions]
+        out.append({"model": "bench", "messages": [{"role": "user", "content": content}], "temperature": 0,
+                    "max_tokens": max_tokens, "ignore_eos": True})
+    return out
+
+
+def concurrent_once(base: str, bodies):
+    """Every body posted at once by its own client; (answers, latencies, wall seconds)."""
+    import requests
+    answers, latencies = [None] * len(bodies), [0.0] * len(bodies)
+
+    def client(i):
+        t = time.perf_counter()
+        r = requests.post(base + "/v1/chat/completions", json=bodies[i], timeout=900)
+        latencies[i] = time.perf_counter() - t
+        answers[i] = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else f"HTTP {r.text}"
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    failed = [a for a in answers if a.startswith("HTTP ")]
+    if failed:
+        raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0][:300]}")
+    return answers, latencies, wall
+
+
+def compare_engines(args) -> int:
+    """The API on the HF engine vs on vLLM, same checkpoint, same concurrent requests, one run."""
+    import requests
+    from rgpt_llava.vllm.bench import build_checkpoint as build_vllm_checkpoint
+    load_before = os.getloadavg()[0]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model_path or build_vllm_checkpoint(Path(tmp), args.hidden, args.layers)
+        url = photo_url()
+        bodies = engine_bodies(url, args.clients[0], args.max_regions, args.max_tokens)
+        for engine in args.engines:
+            port = free_port()
+            server = start_server(model, args.device, port, args.max_regions, Path(tmp) / f"{engine}.log",
+                                  "--engine", engine)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                requests.post(base + "/v1/chat/completions", json=bodies[-1], timeout=900)   # warm-up
+                answers, lat, wall = concurrent_once(base, bodies)
+            finally:
+                stop_server(server)
+            rows[engine] = {"req_s": len(bodies) / wall, "wall_s": wall, "p50_s": pct(lat, .5),
+                            "p95_s": pct(lat, .95), "answers": answers}
+            print(f"--engine {engine:5s}: {len(bodies)} concurrent requests in {wall:6.2f} s  "
+                  f"{len(bodies) / wall:6.2f} req/s  p50 {pct(lat, .5):6.2f} s  p95 {pct(lat, .95):6.2f} s",
+                  flush=True)
+    load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    result = {"clients": args.clients[0], "max_regions": args.max_regions, "max_tokens": args.max_tokens,
+              "hidden": args.hidden, "layers": args.layers, "model_path": args.model_path, "cores": os.cpu_count(),
+              "load_average_before_after": load,
+              "engines": {e: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "answers"}
+                          for e, r in rows.items()}}
+    if "hf" in rows and "vllm" in rows:
+        same = sum(a == b for a, b in zip(rows["hf"]["answers"], rows["vllm"]["answers"]))
+        ratio = rows["vllm"]["req_s"] / rows["hf"]["req_s"]
+        result.update(ratio=round(ratio, 2), equal_answers=f"{same}/{len(bodies)}")
+        print(f"vLLM/HF through the API: {ratio:.2f}x requests/s (target >= 5x); answers equal {same}/{len(bodies)}; "
+              f"{os.cpu_count()} cores, 1-minute load average {load[0]} before, {load[1]} after")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -132,7 +236,22 @@ def main(argv=None):
     ap.add_argument("--model-path", default=None, help="default: a tiny random checkpoint built here")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--engines", nargs="+", choices=("hf", "vllm"), default=None,
+                    help="compare the API on these engines instead (the vllm stack)")
+    ap.add_argument("--max-regions", type=int, default=8, help="--engines: regions per request, 1..this")
+    ap.add_argument("--hidden", type=int, default=256, help="--engines: the random checkpoint's LLM width")
+    ap.add_argument("--layers", type=int, default=4, help="--engines: the random checkpoint's LLM depth")
     args = ap.parse_args(argv)
+    if args.engines:
+        if "--clients" not in (argv if argv is not None else sys.argv):
+            args.clients = [64]
+        if "--max-tokens" not in (argv if argv is not None else sys.argv):
+            args.max_tokens = 32
+        if len(args.clients) != 1 or min(args.clients[0], args.max_regions, args.max_tokens) < 1:
+            ap.error("--engines: one --clients count; --clients, --max-regions, --max-tokens at least 1")
+        if not args.model_path and args.hidden % 64:
+            ap.error("--hidden must be a multiple of 64 (heads of 64)")
+        return compare_engines(args)
     if min(args.clients + args.regions + [args.rounds, args.max_tokens]) < 1:
         ap.error("--clients, --regions, --rounds and --max-tokens must be at least 1")
     import requests
@@ -163,11 +282,7 @@ def main(argv=None):
                           f"  |  {r} one-region requests: {len(lat1) / wall1:7.1f} regions/s, p50 "
                           f"{pct(lat1, .5):6.3f} s  |  x{rows[-1]['speedup_regions_s']:.1f}", flush=True)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     import torch
     single = [r for r in rows if r["clients"] == 1]
     for r in single:

@@ -135,6 +135,8 @@ def test_scores_by_hand_with_written_verdicts(bench_files):
         {"question_id": "14", "question_index": 0, "type": "recognition", "response": "maybe"}]
     assert res["num_judge_answers"] == sum(len(v) for v in VERDICTS.values())
     assert res["judge_match_rules"]["out-of-format"] == 2
+    with pytest.raises(EvalInputError, match="judge answers for id '11': expected one per question of the qa file"):
+        D.score(bench, preds, {"11": VERDICTS["11"][:-1]})
 
 
 def test_bad_benchmark_files_name_the_item(tmp_path):

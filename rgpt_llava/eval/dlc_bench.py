@@ -244,6 +244,10 @@ def score(bench: Dict[str, dict], preds: Dict[str, str], responses: Dict[str, Li
           missing: Sequence[str] = (), per_item: bool = False) -> Dict[str, Any]:
     """The benchmark's averages (x100) over the regions in ``responses`` (``{key: [one judge answer per question,
     recognition first]}``), with every answer that matched no option counted and listed."""
+    for k, r in responses.items():
+        if k not in bench or len(r) != len(bench[k]["questions"]):
+            raise EvalInputError(f"judge answers for id {k!r}: expected one per question of the qa file "
+                                 f"({len(bench[k]['questions']) if k in bench else 'no such id'}), got {len(r)}")
     items = {k: score_item(bench[k]["questions"], responses[k]) for k in bench if k in responses}
     if not items:
         raise EvalInputError("no answers to score")

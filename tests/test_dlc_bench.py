@@ -337,6 +337,10 @@ def test_script_end_to_end_with_the_projects_api_as_judge(servers, tiny_rgpt_dir
     api = f"http://127.0.0.1:{port}"
     servers.start("-m", "rgpt_llava.serve.openai_api", "--model-path", tiny_rgpt_dir, "--model-name", "tiny-judge",
                   "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), ready_url=api + "/v1/models")
+    # a model the server does not serve is named with the URL, before anything else
+    proc = subprocess.run([sys.executable, "-m", "rgpt_llava.eval.dlc_bench", "check-judge", "--judge-url",
+                           api + "/v1", "--judge-model", "no-such-model"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"error: the judge at {api}/v1" in proc.stderr and "no-such-model" in proc.stderr
     e = tmp_path / "eval"
     (e / "dlc_bench").mkdir(parents=True)
     (e / "dlc_bench" / "DLC-bench").symlink_to(dlc_data)

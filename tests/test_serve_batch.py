@@ -37,6 +37,7 @@ BAD = [
      ["regions[0]: ", "outside the 600x400 image"]),
     ({"image": "coffee.jpg", "regions": [{"box": [10, 20, 200, 180]}], "prompt": "Is <region1> by <region2>?"},
      ["prompt: ", "refers to region(s) [2]"]),
+    ({"image": "masks/notes.txt", "prompt": "Describe the image."}, ["image ", "notes.txt", "cannot decode the image"]),
 ]
 
 
@@ -52,6 +53,7 @@ def folder(tmp_path_factory, images_dir):
     mask = np.zeros((height, width), np.uint8)
     mask[50:200, 100:300] = 255
     Image.fromarray(mask).save(root / "masks" / "cat.png")
+    (root / "masks" / "notes.txt").write_text("not an image")
     return root
 
 
@@ -75,7 +77,7 @@ def requests_of(folder):
     good = [dict(r) for r in GOOD]
     good[4]["regions"] = [{"rle": rle_for(folder / "rocket.jpg")}]
     # the bad requests between the good ones: records come back in the requests' order, refusals in place
-    return good[:2] + [BAD[0][0]] + good[2:4] + [BAD[1][0], BAD[2][0]] + good[4:]
+    return good[:2] + [BAD[0][0]] + good[2:4] + [BAD[1][0], BAD[2][0]] + good[4:] + [BAD[3][0]]
 
 
 def write_requests(path, requests):

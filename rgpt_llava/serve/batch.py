@@ -272,7 +272,10 @@ def run(args: argparse.Namespace, log=print) -> Tuple[int, int, int]:
                 elif overlap and n + 1 < len(chunks):
                     pending = overlap.submit(prepare_all, engine, chunks[n + 1], args)
                 jobs = [p for p in prepared if not isinstance(p, InputError)]
-                results = iter(answers(engine, jobs) if jobs else [])
+                results = answers(engine, jobs) if jobs else []
+                if len(results) != len(jobs):    # never write an answer against another request's id
+                    raise RuntimeError(f"{len(jobs)} requests generated, {len(results)} answers came back")
+                results = iter(results)
                 for request, p in zip(chunk, prepared):
                     if isinstance(p, InputError):
                         writer.write({"id": request.id, "error": str(p)})

@@ -93,8 +93,8 @@ def _number(obj: dict, key: str, where: str, integer: bool = False) -> Optional[
 
 
 def check_request(obj: dict, where: str, line: int) -> Request:
-    """A line's fields checked for their type (their values are the engine's to judge, per request); ``where`` names
-    the line in messages."""
+    """A line's fields checked for their type, and ``max_tokens`` for being at least 1 (the engine would name its own
+    parameter, max_new_tokens); the other values are the engine's to judge, per request. ``where`` names the line."""
     unknown = sorted(str(k) for k in obj if k not in FIELDS)
     if unknown:     # a typo ("region") would otherwise drop the regions silently
         raise RequestFileError(f"{where}: unknown field(s) {unknown}; a request has {', '.join(FIELDS)}")

@@ -140,7 +140,7 @@ def test_points_scribbles_and_snapped_boxes_through_sam(capsys, tmp_path, tiny_r
 
 @pytest.mark.parametrize("entry", ["rgpt_llava.serve.cli", "rgpt_llava.serve.describe", "rgpt_llava.serve.openai_api",
                                    "rgpt_llava.serve.model_worker", "rgpt_llava.serve.gradio_web_server",
-                                   "rgpt_llava.eval.model_pope"])
+                                   "rgpt_llava.serve.batch", "rgpt_llava.eval.model_pope"])
 def test_every_entry_names_a_device_it_cannot_use(entry, capsys, tmp_path):
     """Refused by the parser, before anything loads (the checkpoint named does not even exist): an unknown device
     type, and CUDA where torch finds none (on a GPU machine: an index past the last device)."""

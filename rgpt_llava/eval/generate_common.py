@@ -90,16 +90,17 @@ def load_image(folder: str, name: Any, where: str):
 # resumable answers file
 # ---------------------------------------------------------------------------------------------------------------------
 class AnswerWriter:
-    """Append-only JSONL answers file that knows which ``question_id`` are done (resume after a crash)."""
+    """Append-only JSONL answers file that knows which ids (field ``key``: ``question_id`` for the benchmarks, ``id``
+    for ``rgpt_llava.serve.batch``) are done (resume after a crash)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, key: str = "question_id"):
+        self.path, self.key = path, key
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
-            rows = read_resumable_jsonl(path, check=lambda obj: id_key(obj["question_id"]))
+            rows = read_resumable_jsonl(path, check=lambda obj: id_key(obj[key]))
         except JsonFileError as e:
             fail(f"answers file {e}; fix or delete the file")
-        self.done = {id_key(r["question_id"]) for r in rows}
+        self.done = {id_key(r[key]) for r in rows}
         self.num_written = 0
         self._f = open(path, "a", encoding="utf-8")
 
@@ -107,7 +108,7 @@ class AnswerWriter:
         return id_key(qid) in self.done
 
     def write(self, obj: dict) -> None:
-        key = id_key(obj["question_id"])
+        key = id_key(obj[self.key])
         if key in self.done:
             return
         self._f.write(json.dumps(obj) + "\n")

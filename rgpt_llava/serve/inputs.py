@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rgpt_llava.regions import kinds as region_kinds
 from rgpt_llava.regions.kinds import needs_sam, parse_region
@@ -76,6 +76,9 @@ def open_image_bytes(raw: bytes, param: str, what: str = "image") -> Image.Image
             image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError:
         raise InputError(f"the {what} has more than {MAX_IMAGE_PIXELS} pixels", param) from None
+    except UnidentifiedImageError:
+        # PIL's own words name a BytesIO object's address: different in every run, and nothing to a client
+        raise InputError(f"cannot decode the {what} (not an image format PIL reads)", param) from None
     except Exception as e:  # PIL raises assorted types on undecodable data (UnidentifiedImageError, OSError, ...)
         raise InputError(f"cannot decode the {what} ({type(e).__name__}: {e})", param) from None
     if image.width < 1 or image.height < 1:

@@ -46,6 +46,7 @@ chunk's images and regions are prepared on a second thread; ``--engine hf`` answ
 import argparse
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -178,20 +179,9 @@ def prepare_all(engine: RegionEngine, requests: Sequence[Request], args) -> List
 
 
 def answers(engine: RegionEngine, jobs: Sequence[Job]) -> List[Tuple[str, Optional[str]]]:
-    """(text, finish reason) of each one-choice job: vLLM's engine takes them all at once (``answer_many_deltas``);
-    the HF engine generates one after another, its text as :meth:`RegionEngine.answer` joins it."""
-    many = getattr(engine, "answer_many_deltas", None)
-    if many is not None:
-        return [(deltas[0].text, deltas[0].finish_reason) for deltas in many(jobs)]
-    out = []
-    for job in jobs:
-        text, reason = "", None
-        for deltas in engine.generate(job, stream=False):
-            for d in deltas:
-                text += d.text
-                reason = d.finish_reason or reason
-        out.append((text, reason))
-    return out
+    """(text, finish reason) of each one-choice job (``answer_many_deltas``: vLLM's engine takes them all at once,
+    the HF engine one after another)."""
+    return [(deltas[0].text, deltas[0].finish_reason) for deltas in engine.answer_many_deltas(jobs)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -245,15 +235,17 @@ class Stop(Exception):
     """--strict met a request that cannot be answered."""
 
 
-def run(args: argparse.Namespace, log=print) -> Tuple[int, int, int]:
-    """Answers this shard's requests not yet in ``--output``: (answered, refused, already there)."""
+def run(args: argparse.Namespace, log=print) -> Tuple[int, int, int, float]:
+    """Answers this shard's requests not yet in ``--output``: (answered, refused, already there, seconds from the
+    model loaded to the last answer written)."""
     requests = get_chunk(read_requests(args.requests), args.num_chunks, args.chunk_idx)
     with AnswerWriter(args.output, key="id") as writer:
         todo = [r for r in requests if not writer.is_done(r.id)]
         skipped = len(requests) - len(todo)
         if not todo:
-            return 0, 0, skipped
+            return 0, 0, skipped, 0.0
         engine = load_engine(args)
+        start = time.perf_counter()
         answered = refused = 0
         # vLLM generates in its own process: the next chunk is prepared here meanwhile (~10 ms of CPU a request).
         # The HF engine would only compete with itself for the cores.
@@ -285,6 +277,7 @@ def run(args: argparse.Namespace, log=print) -> Tuple[int, int, int]:
                         writer.write({"id": request.id, "text": text, "finish_reason": reason})
                         answered += 1
                 bar.update(len(chunk))
+                seconds = time.perf_counter() - start
                 if bad is not None:
                     raise Stop(f"--requests {args.requests}, {stop[0].where} (id {stop[0].id!r}): {stop[1]} "
                                f"(--strict: stopped; {answered} answered in this run)")
@@ -295,18 +288,19 @@ def run(args: argparse.Namespace, log=print) -> Tuple[int, int, int]:
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
-    return answered, refused, skipped
+    return answered, refused, skipped, seconds
 
 
 def main(argv=None) -> int:
     args = check_args(build_parser(), argv)
     try:
-        answered, refused, skipped = run(args)
+        answered, refused, skipped, seconds = run(args)
     except (RequestFileError, EvalInputError, StartupError, Stop) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     there = f", {skipped} already in the output" if skipped else ""
-    print(f"{answered} answered, {refused} refused (field \"error\"){there}: {args.output}", file=sys.stderr)
+    pace = f" in {seconds:.1f} s after loading ({(answered + refused) / seconds:.2f} requests/s)" if seconds else ""
+    print(f"{answered} answered, {refused} refused (field \"error\"){there}{pace}: {args.output}", file=sys.stderr)
     return 0
 
 

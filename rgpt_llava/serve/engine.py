@@ -317,6 +317,21 @@ class RegionEngine:
                 texts[d.index] += d.text
         return texts
 
+    def answer_many_deltas(self, jobs: Sequence[Job]) -> List[List[Delta]]:
+        """Every choice of every job as one final :class:`Delta` (whole text, finish reason, token count): one job
+        after another here; vLLM's engine takes them all at once."""
+        out = []
+        for job in jobs:
+            whole = [Delta(i, "") for i in range(len(job.prompts))]
+            for deltas in self.generate(job, stream=False):
+                for d in deltas:
+                    w = whole[d.index]
+                    w.text += d.text
+                    w.finish_reason = d.finish_reason or w.finish_reason
+                    w.completion_tokens = d.completion_tokens
+            out.append(whole)
+        return out
+
     def answer_many(self, jobs: Sequence[Job]) -> List[List[str]]:
-        """Each job's choices' answers: one job after another here; vLLM's engine takes them all at once."""
-        return [self.answer(job) for job in jobs]
+        """Each job's choices' answers (:meth:`answer` for many jobs)."""
+        return [[d.text for d in deltas] for deltas in self.answer_many_deltas(jobs)]

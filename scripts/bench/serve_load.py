@@ -5,14 +5,16 @@ one region per request (the way a client of a one-mask server has to ask), measu
     python scripts/bench/serve_load.py [--clients 1 4 16] [--regions 1 8 32] [--rounds 2] [--max-tokens 8]
                                        [--model-path CKPT] [--device cpu] [--json out.json]
     python scripts/bench/serve_load.py --engines hf vllm [--clients 64] [--max-regions 8] [--max-tokens 32]
-                                       [--hidden 256 --layers 4 | --model-path CKPT] [--json out.json]
+                                       [--batch 500] [--hidden 256 --layers 4 | --model-path CKPT] [--json out.json]
 
 ``--engines hf vllm`` (the vllm stack: ``.venv-vllm/bin/python``): the same API with ``--engine hf`` and then with
 ``--engine vllm`` (each with its default ``--limit-concurrency``) on one checkpoint: ``--clients`` concurrent clients,
 each posting one request about 1..``--max-regions`` boxes of the photo (one question naming them all, greedy, exactly
 ``--max-tokens`` tokens); requests/s, p50 / p95 latency, the ratio, and whether the answers are equal. Without
 ``--model-path`` the checkpoint is random: LLaMA's tokenizer, the tiny CLIP tower, a Llama of ``--hidden`` x
-``--layers`` (heads of 64, a size vLLM's CPU attention has kernels for).
+``--layers`` (heads of 64, a size vLLM's CPU attention has kernels for). Then (``--batch N``, 0 to skip) the batch
+command (``python -m rgpt_llava.serve.batch --engine E``) over N such requests in a JSONL: its time from the model
+loaded to the last answer, requests/s, the ratio, and whether the two answer files are equal.
 
 Without ``--engines``:
 The server (``python -m rgpt_llava.serve.openai_api``) runs in its own process on a loopback port, on a tiny random
@@ -180,6 +182,48 @@ def concurrent_once(base: str, bodies):
     return answers, latencies, wall
 
 
+def compare_batch(args, model: str, tmp: Path) -> dict:
+    """``python -m rgpt_llava.serve.batch`` on each engine over the same ``--batch`` requests."""
+    import re
+    import shutil
+    import random
+    shutil.copy(ROOT / "tests" / "assets" / "images" / "coffee.jpg", tmp / "coffee.jpg")
+    rng = random.Random(1)
+    with open(tmp / "requests.jsonl", "w") as f:
+        for k in range(args.batch):
+            count = 1 + k % args.max_regions
+            regions = []
+            for _ in range(count):
+                x, y = rng.randrange(0, 560), rng.randrange(0, 360)
+                regions.append({"box": [x, y, rng.randrange(x + 20, 600), rng.randrange(y + 20, 400)]})
+            f.write(json.dumps({"id": k, "image": "coffee.jpg", "regions": regions, "prompt": "Describe "
+                                + ", ".join(f"<region{i + 1}>" for i in range(count)) + "."}) + "\n")
+    out = {}
+    for engine in args.engines:
+        answers = tmp / f"answers-{engine}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "rgpt_llava.serve.batch", "--model-path", model, "--engine",
+                               engine, "--device", args.device, "--requests", str(tmp / "requests.jsonl"),
+                               "--output", str(answers), "--max-new-tokens", str(args.max_tokens)],
+                              cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE",
+                                                                                         "1")))
+        pace = re.search(r"in ([0-9.]+) s after loading", proc.stderr)
+        if proc.returncode or not pace:
+            raise SystemExit(f"the batch command failed on --engine {engine}: {proc.stderr[-2000:]}")
+        seconds = float(pace.group(1))
+        out[engine] = {"seconds": seconds, "req_s": round(args.batch / seconds, 2),
+                       "answers": answers.read_text()}
+        print(f"batch --engine {engine:5s}: {args.batch} requests in {seconds:7.1f} s after loading  "
+              f"{args.batch / seconds:6.2f} req/s", flush=True)
+    result = {e: {k: v for k, v in r.items() if k != "answers"} for e, r in out.items()}
+    if "hf" in out and "vllm" in out:
+        result["ratio"] = round(out["hf"]["seconds"] / out["vllm"]["seconds"], 2)
+        result["equal_answer_files"] = out["hf"]["answers"] == out["vllm"]["answers"]
+        print(f"vLLM/HF, batch of {args.batch}: {result['ratio']:.2f}x; answer files equal: "
+              f"{result['equal_answer_files']}", flush=True)
+    return result
+
+
 def compare_engines(args) -> int:
     """The API on the HF engine vs on vLLM, same checkpoint, same concurrent requests, one run."""
     import requests
@@ -205,8 +249,9 @@ def compare_engines(args) -> int:
             print(f"--engine {engine:5s}: {len(bodies)} concurrent requests in {wall:6.2f} s  "
                   f"{len(bodies) / wall:6.2f} req/s  p50 {pct(lat, .5):6.2f} s  p95 {pct(lat, .95):6.2f} s",
                   flush=True)
+        batch = compare_batch(args, model, Path(tmp)) if args.batch else {}
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-    result = {"clients": args.clients[0], "max_regions": args.max_regions, "max_tokens": args.max_tokens,
+    result = {"batch": batch, "clients": args.clients[0], "max_regions": args.max_regions, "max_tokens": args.max_tokens,
               "hidden": args.hidden, "layers": args.layers, "model_path": args.model_path, "cores": os.cpu_count(),
               "load_average_before_after": load,
               "engines": {e: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "answers"}
@@ -239,6 +284,7 @@ def main(argv=None):
     ap.add_argument("--engines", nargs="+", choices=("hf", "vllm"), default=None,
                     help="compare the API on these engines instead (the vllm stack)")
     ap.add_argument("--max-regions", type=int, default=8, help="--engines: regions per request, 1..this")
+    ap.add_argument("--batch", type=int, default=500, help="--engines: requests of the batch command's run (0: none)")
     ap.add_argument("--hidden", type=int, default=256, help="--engines: the random checkpoint's LLM width")
     ap.add_argument("--layers", type=int, default=4, help="--engines: the random checkpoint's LLM depth")
     args = ap.parse_args(argv)

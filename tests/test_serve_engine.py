@@ -132,3 +132,26 @@ def test_model_names_are_labels_of_the_path():
     assert model_name_of("/ckpt/rgpt-7b/") == "rgpt-7b"
     assert model_name_of("runs/x/checkpoint-500") == "x_checkpoint-500"
     assert isinstance(Delta(0, "a"), Delta)
+
+
+def test_processed_images_are_found_by_content_and_the_oldest_leaves():
+    """RegionEngine.prepare processes an image once while it is among the last few (a chat re-sends its image each
+    turn): a copy with the same pixels is found, other pixels or another size are not, and the least recently used
+    entry leaves first."""
+    import torch
+    from PIL import Image
+
+    from rgpt_llava.serve.engine import ProcessedImages
+    calls = []
+
+    def process(image):
+        calls.append(image.getpixel((0, 0)))
+        return torch.tensor(len(calls))
+    cache = ProcessedImages(capacity=2)
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    first = cache.get(red, process)
+    assert cache.get(red.copy(), process) is first and len(calls) == 1
+    assert int(cache.get(blue, process)) == 2
+    assert int(cache.get(Image.new("RGB", (4, 5), (255, 0, 0)), process)) == 3    # same colour, another size
+    assert cache.get(blue, process) is not first and len(calls) == 3            # blue was still there
+    assert int(cache.get(red, process)) == 4                                     # red had left (capacity 2)

@@ -10,6 +10,7 @@ import os  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from rgpt_llava import generation  # noqa: E402
+from rgpt_llava.constants import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX  # noqa: E402
 from rgpt_llava.geometry import parse_region  # noqa: E402
 from rgpt_llava.serve.engine import RegionEngine, Sampling  # noqa: E402
 from rgpt_llava.serve.inputs import InputError  # noqa: E402
@@ -29,6 +30,8 @@ PROMPTS = {
                       "USER: And <region2>, beside <region1>? ASSISTANT: a saucer.</s>USER: Describe <region2>. "
                       "ASSISTANT:", 2),
     "no region": ("A chat. USER: <image>\nDescribe the image. ASSISTANT:", 0),
+    # not the prompt builder's form: the multimodal path sends it as one item over image and region
+    "a region before the image": ("A chat. USER: Look at <region1>. <image>\nWhat is it? ASSISTANT:", 1),
 }
 
 
@@ -106,6 +109,37 @@ def test_regions_change_the_answer_as_on_the_hf_engine(engines, photo):
                       for offset in (0, 100)] for name, engine in (("hf", hf), ("vllm", served))}
     assert answers["vllm"] == answers["hf"]
     assert answers["hf"][0] != answers["hf"][1]      # else this test could not see regions ignored
+
+
+def test_requests_on_one_image_reuse_its_prefix_in_vllm(engines, photo):
+    """The multimodal path's image item is the image alone: a second request on the same image, about another
+    region, finds the KV blocks through the image's tokens in vLLM's prefix cache (with one item over image and
+    regions, the blocks holding image tokens hashed differently for every region)."""
+    from vllm import SamplingParams
+
+    from rgpt_llava.vllm.engine import multimodal_request
+    hf, served = engines
+    if served.path != "multimodal":
+        pytest.skip("the embeds path sends embeddings, which vLLM does not cache by image")
+    block = served.llm.llm_engine.vllm_config.cache_config.block_size
+    # text after the image long enough that the blocks holding image tokens are full before the region placeholder
+    prompt = "A chat. USER: <image>\n" + "Look closely at the picture. " * (block // 3 + 2) + "What is <region1>? ASSISTANT:"
+    params = SamplingParams(temperature=0, max_tokens=1, detokenize=False)
+
+    def cached(offset):
+        """(prompt tokens vLLM found cached, where the image's tokens end, where the region placeholder stands)"""
+        job = served.prepare(photo, [(prompt, regions(photo, 1, offset))], GREEDY)
+        ids = list(job.prompts[0])
+        image_end = ids.index(IMAGE_TOKEN_INDEX) + served.image_tokens
+        region_at = next(i for i, t in enumerate(ids) if t <= REGION_TOKEN_INDEX) + served.image_tokens - 1
+        request = multimodal_request(job, 0, served.image_tokens, served.map_size)
+        return served.llm.generate([request], params, use_tqdm=False)[0].num_cached_tokens, image_end, region_at
+    served.llm.reset_prefix_cache()
+    first, _, _ = cached(0)
+    second, image_end, region_at = cached(37)
+    reusable = (region_at // block) * block         # the full blocks before the region placeholder
+    assert reusable >= image_end, "the prompt is too short to show the image's blocks reused"
+    assert first == 0 and second >= reusable, (first, second, reusable, block)
 
 
 def test_many_requests_at_once_equal_one_at_a_time_on_the_hf_engine(engines, photo):

@@ -58,13 +58,31 @@ def start_api(servers: Servers, checkpoint: str, *extra: str) -> str:
     return base
 
 
+def engine_processes(server_pid: int):
+    """vLLM's processes under a server (its engine core and workers), not multiprocessing's resource tracker."""
+    import psutil
+    return [p for p in psutil.Process(server_pid).children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())]
+
+
+def assert_gone(processes, timeout=30.0):
+    import psutil
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    assert not alive, f"vLLM's processes outlived their server: {[p.pid for p in alive]}"
+
+
 @pytest.fixture(scope="module")
 def vllm_api(checkpoint, tmp_path_factory):
+    """The API on vLLM for the module; stopping it (SIGTERM, as a supervisor does) stops vLLM's processes too."""
     servers = Servers(tmp_path_factory.mktemp("vllm_api"))
     try:
-        yield start_api(servers, checkpoint)
+        base = start_api(servers, checkpoint)
+        engine = engine_processes(servers.procs[-1].pid)
+        assert engine
+        yield base
     finally:
         servers.close()
+    assert_gone(engine)
 
 
 def box(k: int) -> dict:
@@ -183,7 +201,6 @@ def test_64_concurrent_clients_with_bad_requests_mixed_in(vllm_api, hf_api, phot
 
 
 def test_a_dead_engine_gives_503s_a_failing_health_check_and_exit_status_1(checkpoint, photo_url, tmp_path):
-    import psutil
     servers = Servers(tmp_path)
     try:
         base = start_api(servers, checkpoint)
@@ -200,8 +217,7 @@ def test_a_dead_engine_gives_503s_a_failing_health_check_and_exit_status_1(check
         waiting.start()
         time.sleep(1.0)
         # vLLM's processes (its engine core), and only those: not the server itself
-        engine = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if "resource_tracker" not in " ".join(p.cmdline())]
+        engine = engine_processes(proc.pid)
         assert engine
         for p in engine:
             p.kill()
@@ -248,5 +264,8 @@ def test_the_llava_worker_on_vllm_answers_as_the_hf_engine(checkpoint, images_di
         bad = requests.post(base + "/worker_generate_stream", json=dict(params, regions=[[{"box": [0, 0, 9999, 5]}]]),
                             timeout=60)
         assert bad.status_code == 400 and json.loads(bad.content.rstrip(b"\0"))["error_code"] == 1
+        engine = engine_processes(servers.procs[-1].pid)
+        assert engine
     finally:
         servers.close()
+    assert_gone(engine)

@@ -264,10 +264,12 @@ async def serve(args) -> int:
             return 2
         print(f"worker {name} at {worker_addr} (controller "
               f"{args.controller_address if not args.no_register else 'none'})", flush=True)
-        return await serve_until_unhealthy(build_app(worker), args.host, args.port, worker.healthy)
+        # vLLM's engine processes (and the memory they reserve) stop with the server, a SIGTERM included
+        return await serve_until_unhealthy(build_app(worker), args.host, args.port, worker.healthy,
+                                           on_stop=getattr(engine, "close", None))
     finally:
         close = getattr(engine, "close", None)
-        if close is not None:    # vLLM's engine process and its reserved memory
+        if close is not None:
             close()
 
 

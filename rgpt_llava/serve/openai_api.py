@@ -214,12 +214,13 @@ async def serve(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"OpenAI-compatible API at http://{args.host}:{args.port}/v1", flush=True)
+    # vLLM's engine processes stop with the server (a SIGTERM included)
+    close = getattr(getattr(backend, "engine", None), "close", None)
     try:
         return await serve_until_unhealthy(build_app(backend, args.max_regions, args.limit_concurrency), args.host,
-                                           args.port, backend.healthy)
+                                           args.port, backend.healthy, on_stop=close)
     finally:
-        close = getattr(getattr(backend, "engine", None), "close", None)
-        if close is not None:    # vLLM's engine process and its reserved memory
+        if close is not None:
             close()
 
 

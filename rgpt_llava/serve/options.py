@@ -170,20 +170,31 @@ def load_sam(args: argparse.Namespace):
         raise StartupError(str(e)) from e
 
 
-async def serve_until_unhealthy(app, host: str, port: int, healthy: Callable[[], bool], poll_s: float = 0.5,
+async def serve_until_unhealthy(app, host: str, port: int, healthy: Callable[[], bool],
+                                on_stop: Optional[Callable[[], None]] = None, poll_s: float = 0.5,
                                 grace_s: float = 5.0) -> int:
     """Serve ``app`` with uvicorn until SIGTERM / Ctrl-C (status 0) or until ``healthy()`` turns False (vLLM's
     engine process died): requests then get 503s for ``grace_s`` more seconds (clients and the health endpoint see
     why), and the server stops with status 1 for a supervisor to restart it -- as vLLM's own server exits when its
-    engine is dead."""
+    engine is dead. ``on_stop`` runs once the server has stopped serving, either way (vLLM's engine processes are
+    stopped there: uvicorn re-raises SIGTERM after its shutdown, which would end this process before a ``finally``
+    of the caller could)."""
     import uvicorn
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=10))
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets=sockets)
+            if on_stop is not None:
+                on_stop()
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10))
     stopped = []
 
     async def watch():
         while not server.should_exit:
             await asyncio.sleep(poll_s)
+            if server.should_exit:      # stopping anyway (SIGTERM): the engine is being closed, not dead
+                return
             if not healthy():
                 stopped.append(True)
                 print("error: the engine has stopped (its process is gone); answering 503 and exiting with status 1 "

@@ -4,8 +4,8 @@ requests handed over at once, continuously batched), in one run on the same chec
     python -m rgpt_llava.vllm.bench [--requests 64] [--max-regions 8] [--new-tokens 32] [--path multimodal|embeds]
                                     [--model-path CKPT] [--hidden 256] [--layers 4] [--json out.json]
 
-Without ``--model-path`` a random checkpoint is built (LLaMA's tokenizer, the tiny CLIP tower, a Llama of
-``--hidden`` x ``--layers``; heads of 64). Request k asks about 1..``--max-regions`` regions of one photo (greedy,
+Without ``--model-path`` a random checkpoint is built (LLaMA's tokenizer, a narrow CLIP tower with LLaVA-1.5's 576
+image tokens at ``--image-size 336``, a Llama of ``--hidden`` x ``--layers``; heads of 64). Request k asks about 1..``--max-regions`` regions of one photo (greedy,
 exactly ``--new-tokens`` tokens per answer: ``ignore_eos``, so both engines do the same work); the answers are checked
 equal. Prints requests/s and generated tokens/s of each engine and their ratio. Engine-level: no HTTP (the API's
 load test is scripts/bench/serve_load.py).
@@ -21,11 +21,13 @@ from pathlib import Path
 PHOTO = Path(__file__).resolve().parents[2] / "tests" / "assets" / "images" / "coffee.jpg"
 
 
-def build_checkpoint(out: Path, hidden: int, layers: int) -> str:
+def build_checkpoint(out: Path, hidden: int, layers: int, image_size: int = 336) -> str:
+    """A random RGPT checkpoint: LLaMA's tokenizer, a narrow CLIP tower at ``image_size`` (336: LLaVA-1.5's 24 x 24 =
+    576 image tokens and RGPT's 96 x 96 refined map), a Llama of ``hidden`` x ``layers`` (heads of 64)."""
     from rgpt_llava.assets import llama_tokenizer_dir
     from rgpt_llava.convert import convert
     from rgpt_llava.tiny import build_tiny_clip, build_tiny_llava
-    clip = build_tiny_clip(out / "clip")
+    clip = build_tiny_clip(out / "clip", image_size=image_size)
     # heads of 64: a head size vLLM's CPU attention has kernels for
     llava = build_tiny_llava(out / "llava", str(llama_tokenizer_dir()), clip, hidden_size=hidden, num_layers=layers,
                              num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64)
@@ -59,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=336,
+                        help="the random tower's input side (336: LLaVA-1.5's 576 image tokens; 56: 16 tokens)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the HF engine (default: cores)")
     parser.add_argument("--json", default=None, help="write the numbers here too")
     args = parser.parse_args(argv)
@@ -74,7 +78,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads or max(1, min(os.cpu_count() or 1, 16)))
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model_path or build_checkpoint(Path(tmp), args.hidden, args.layers)
+        path = args.model_path or build_checkpoint(Path(tmp), args.hidden, args.layers, args.image_size)
         image = Image.open(PHOTO).convert("RGB")
         requests = requests_for(image, args.requests, args.max_regions)
         sampling = Sampling(temperature=0, max_new_tokens=args.new_tokens, ignore_eos=True)
@@ -98,7 +102,7 @@ def main(argv=None):
     # other processes on the machine slow the two phases unequally: the load average says whether they were there
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     result = {"requests": args.requests, "max_regions": args.max_regions, "new_tokens": args.new_tokens,
-              "path": args.path, "hidden": args.hidden, "layers": args.layers, "model_path": args.model_path,
+              "path": args.path, "hidden": args.hidden, "layers": args.layers, "image_size": args.image_size, "model_path": args.model_path,
               "hf_s": round(hf_s, 3), "vllm_s": round(vllm_s, 3),
               "hf_tokens_per_s": round(tokens / hf_s, 1), "vllm_tokens_per_s": round(tokens / vllm_s, 1),
               "ratio": round(hf_s / vllm_s, 2), "equal_answers": f"{same}/{args.requests}",

@@ -53,29 +53,37 @@ def llm_settings(model_path: str, context_len: int, path: str = "multimodal", **
 
 def multimodal_request(job: Job, index: int, image_tokens: int, map_size) -> dict:
     """Choice ``index`` of ``job`` as vLLM's input to the multimodal model: the ids with each sentinel replaced by
-    placeholders (the image's by ``image_tokens`` of them), and the item saying which row of [image tokens; region
-    tokens] each placeholder gets (rgpt_llava.vllm.multimodal)."""
-    from rgpt_llava.vllm.multimodal import PLACEHOLDER_ID
-    prompt, positions, rows = [], [], []
+    placeholders (the image's by ``image_tokens`` of them), and the items saying which row of [image tokens; region
+    tokens] each placeholder gets: the image item (the image's tokens; the same for every request on the image, so
+    vLLM's prefix cache reuses it) and the regions item (rgpt_llava.vllm.multimodal)."""
+    from rgpt_llava.vllm.multimodal import PLACEHOLDER_ID, batch_items, image_item, regions_item
+    prompt, image_at, region_positions, region_rows = [], None, [], []
     for t in job.prompts[index]:
         if t == IMAGE_TOKEN_INDEX:
-            positions += range(len(prompt), len(prompt) + image_tokens)
-            rows += range(image_tokens)
+            image_at = len(prompt)
             prompt += [PLACEHOLDER_ID] * image_tokens
         elif t <= REGION_TOKEN_INDEX:
-            positions.append(len(prompt))
-            rows.append(image_tokens + REGION_TOKEN_INDEX - t)    # region k's token follows the image tokens
+            region_positions.append(len(prompt))
+            region_rows.append(image_tokens + REGION_TOKEN_INDEX - t)    # region k's token follows the image tokens
             prompt.append(PLACEHOLDER_ID)
         else:
             prompt.append(t)
     if job.image is None:
         return {"prompt_token_ids": prompt}
+    pixels = job.image.cpu()
     masks = job.masks[index]
-    if masks is None:
-        masks = job.image.new_zeros((0,) + tuple(map_size))
-    return {"prompt_token_ids": prompt, "multi_modal_data": {"image": {
-        "pixel_values": job.image[None].cpu(), "region_masks": masks[None].cpu(),
-        "embed_positions": torch.tensor(positions)[None], "embed_rows": torch.tensor(rows)[None]}}}
+    masks = masks.cpu() if masks is not None else pixels.new_zeros((0,) + tuple(map_size))
+    if image_at is None or (region_positions and min(region_positions) < image_at):
+        # not the prompt builder's form (regions before the image): one item over both, as the splice places them
+        positions = ([] if image_at is None else list(range(image_at, image_at + image_tokens))) + region_positions
+        rows = ([] if image_at is None else list(range(image_tokens))) + region_rows
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        items = [regions_item(pixels, masks, [positions[i] for i in order], [rows[i] for i in order])]
+    else:
+        items = [image_item(pixels, image_tokens, image_at)]
+        if region_positions:
+            items.append(regions_item(pixels, masks, region_positions, region_rows))
+    return {"prompt_token_ids": prompt, "multi_modal_data": {"image": batch_items(items)}}
 
 
 def spliced_embeddings(model, job: Job) -> List[torch.Tensor]:

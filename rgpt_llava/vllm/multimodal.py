@@ -1,18 +1,29 @@
 """RGPT as a multimodal model inside vLLM: the vision side runs in vLLM's engine, scheduled and cached by it.
 
-One request's multimodal input is ONE "image" item: the image with its regions. Regions sit anywhere in the text
-while vLLM places an item's embeddings in one placeholder range, so the item's range spans from the first image token
-to the last region placeholder and marks with ``is_embed`` only the positions that get an embedding (the image tokens
-and each region placeholder); the text in between keeps its token embeddings. The item's embeddings are rows of
-[image tokens; region tokens] picked by ``embed_rows`` in position order: exactly what the splice does
-(``rgpt_llava.model.splice``), with vLLM's own scatter.
+vLLM places each multimodal item's embeddings in ONE placeholder range of the prompt, while RGPT's regions sit
+anywhere in the text. So a request carries (at most) two "image" items, both the image seen through RGPT's vision
+side:
 
-The item arrives processed (the tokenizer, image processor and region geometry are the package's, run by
-:class:`rgpt_llava.vllm.engine.VLLMRegionEngine`): fields ``pixel_values`` [1, 3, H, W], ``region_masks``
-[1, R, h, w] (at the refined map's size), ``embed_positions`` [1, N] (prompt positions that get an embedding) and
-``embed_rows`` [1, N] (which row of [image tokens; region tokens] goes there). The vision side is the package's
-``RGPTMetaForCausalLM.encode_images_and_regions`` (tower at the selected layer, refiner, merge, mask pooling, the one
-projector), not a copy.
+- the image item: its range is the image's tokens, its embeddings the image tokens. It holds the image only, so its
+  hash is the image's: vLLM's prefix cache reuses the KV of everything up to the image's last token, and its encoder
+  cache the image tokens, for every request on the same image (a chat re-sending its image each turn, many questions
+  about the regions of one photo);
+- the regions item: its range spans from the first region placeholder to the last, with ``is_embed`` marking only
+  the placeholders (the text in between keeps its token embeddings); its embeddings are region tokens picked by
+  ``embed_rows`` in position order (region k's token wherever ``<regionk>`` stands, as often as it stands).
+
+Together: exactly what the splice does (``rgpt_llava.model.splice``), with vLLM's own scatter. (A prompt whose region
+placeholders do not all follow the image -- not a form the prompt builder makes -- is sent as one item spanning
+both.)
+
+Items arrive processed (the tokenizer, image processor and region geometry are the package's, run by
+:class:`rgpt_llava.vllm.engine.VLLMRegionEngine`), as one dict of tensors for all of a request's items:
+``pixel_values`` [n, 3, H, W] (the same image in each), ``region_masks`` [R, h, w] (at the refined map's size; item i
+has ``region_counts[i]`` of them: 0 for the image item), ``embed_positions`` / ``embed_rows`` [N] (prompt positions
+that get an embedding, and which row of [image tokens; the item's region tokens] goes there; item i has
+``embed_counts[i]``). The vision side is the package's ``RGPTMetaForCausalLM.encode_images_and_regions`` (tower at
+the selected layer, refiner, merge, mask pooling, the one projector), not a copy; items of one image scheduled
+together are encoded once.
 """
 from typing import Iterable, List, Mapping, Sequence, Set, Tuple
 
@@ -31,7 +42,7 @@ from vllm.multimodal.processing import BaseDummyInputsBuilder, BaseMultiModalPro
 from rgpt_llava.model.rgpt_arch import RGPTMetaForCausalLM, RGPTMetaModel
 from rgpt_llava.vllm.model import VISION_PREFIXES
 
-FIELDS = ("pixel_values", "region_masks", "embed_positions", "embed_rows")
+FIELDS = ("pixel_values", "region_masks", "embed_positions", "embed_rows", "region_counts", "embed_counts")
 PLACEHOLDER_ID = 0     # the token id under every embedding position (its text embedding is replaced)
 MAX_REGION_REFERENCES = 256   # region placeholders per request the encoder cache is sized for (profiling)
 
@@ -77,7 +88,14 @@ def vision_geometry(config) -> Tuple[int, int, Tuple[int, int]]:
 
 # ---- vLLM's processing: the item arrives processed; the placeholder range is made here -------------------------
 def _fields(data: Mapping[str, torch.Tensor]) -> Mapping[str, MultiModalFieldConfig]:
-    return {name: MultiModalFieldConfig.batched("image") for name in FIELDS}
+    """One entry per item for the image and the counts; masks, positions and rows concatenated over the items."""
+    regions, embeds = torch.as_tensor(data["region_counts"]), torch.as_tensor(data["embed_counts"])
+    return {"pixel_values": MultiModalFieldConfig.batched("image"),
+            "region_counts": MultiModalFieldConfig.batched("image"),
+            "embed_counts": MultiModalFieldConfig.batched("image"),
+            "region_masks": MultiModalFieldConfig.flat_from_sizes("image", regions),
+            "embed_positions": MultiModalFieldConfig.flat_from_sizes("image", embeds),
+            "embed_rows": MultiModalFieldConfig.flat_from_sizes("image", embeds)}
 
 
 class RGPTDataParser(MultiModalDataParser):
@@ -93,25 +111,49 @@ class RGPTProcessingInfo(BaseProcessingInfo):
         return RGPTDataParser(expected_hidden_size=self._get_expected_hidden_size())
 
     def get_supported_mm_limits(self) -> Mapping[str, int]:
-        return {"image": 1}     # RGPT takes one image per prompt
+        return {"image": 2}     # RGPT takes one image per prompt: its image item and its regions item
 
 
 class RGPTDummyInputs(BaseDummyInputsBuilder[RGPTProcessingInfo]):
-    """The largest item for vLLM's profiling: an image with the most region references the cache is sized for."""
+    """The largest request for vLLM's profiling: an image item and a regions item with the most region references
+    the cache is sized for."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         return ""
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options=None):
         size, image_tokens, (h, w) = vision_geometry(self.info.get_hf_config())
-        refs = min(MAX_REGION_REFERENCES, max(0, seq_len - image_tokens))
-        n = image_tokens + refs
-        return {"image": {
-            "pixel_values": torch.zeros(1, 3, size, size),
-            "region_masks": torch.ones(1, 1, h, w),
-            "embed_positions": torch.arange(n)[None],
-            "embed_rows": torch.cat([torch.arange(image_tokens), torch.full((refs,), image_tokens)])[None],
-        }}
+        refs = min(MAX_REGION_REFERENCES, max(0, seq_len - image_tokens)) if mm_counts.get("image", 1) > 1 else 0
+        items = [image_item(torch.zeros(3, size, size), image_tokens, 0)]
+        if refs:
+            items.append(regions_item(torch.zeros(3, size, size), torch.ones(1, h, w),
+                                      list(range(image_tokens, image_tokens + refs)), [image_tokens] * refs))
+        return {"image": batch_items(items)}
+
+
+def image_item(pixels: torch.Tensor, image_tokens: int, start: int) -> dict:
+    """The image item: ``image_tokens`` embeddings from prompt position ``start``."""
+    return regions_item(pixels, pixels.new_zeros((0, 1, 1)), list(range(start, start + image_tokens)),
+                        list(range(image_tokens)))
+
+
+def regions_item(pixels: torch.Tensor, masks: torch.Tensor, positions: Sequence[int], rows: Sequence[int]) -> dict:
+    """An item of the image ``pixels`` [3, H, W] with ``masks`` [R, h, w]: at prompt ``positions``, rows of [image
+    tokens; region tokens]."""
+    return {"pixel_values": pixels[None], "region_masks": masks, "region_counts": torch.tensor([len(masks)]),
+            "embed_positions": torch.tensor(list(positions), dtype=torch.long),
+            "embed_rows": torch.tensor(list(rows), dtype=torch.long),
+            "embed_counts": torch.tensor([len(positions)])}
+
+
+def batch_items(items: Sequence[dict]) -> dict:
+    """A request's items as the one dict of tensors vLLM takes (:func:`_fields`)."""
+    masks = [i["region_masks"] for i in items if len(i["region_masks"])]
+    shape = masks[0].shape[1:] if masks else (1, 1)
+    return {"pixel_values": torch.cat([i["pixel_values"] for i in items]),
+            "region_masks": torch.cat(masks) if masks else torch.zeros((0,) + tuple(shape)),
+            **{k: torch.cat([i[k] for i in items]) for k in ("region_counts", "embed_positions", "embed_rows",
+                                                              "embed_counts")}}
 
 
 class RGPTMultiModalProcessor(BaseMultiModalProcessor[RGPTProcessingInfo]):
@@ -125,20 +167,36 @@ class RGPTMultiModalProcessor(BaseMultiModalProcessor[RGPTProcessingInfo]):
 
     def apply(self, inputs, timing_ctx):
         items = inputs.mm_data_items.get_items("image", DictEmbeddingItems)
-        if items.get_count() != 1:
-            raise ValueError(f"RGPT takes one image per prompt, got {items.get_count()}")
+        if not 1 <= items.get_count() <= 2:
+            raise ValueError(f"RGPT takes one image per prompt (its image and regions items), got "
+                             f"{items.get_count()} items")
         data = {k: torch.as_tensor(v) for k, v in items.data.items()}
-        positions = data["embed_positions"][0].long()
-        prompt = list(inputs.prompt) or [PLACEHOLDER_ID] * (int(positions.max()) + 1)   # profiling: no prompt
-        start, end = int(positions.min()), int(positions.max()) + 1
-        if end > len(prompt):
-            raise ValueError(f"embed_positions reach {end - 1} in a prompt of {len(prompt)} tokens")
-        is_embed = torch.zeros(end - start, dtype=torch.bool)
-        is_embed[positions - start] = True
+        every = data["embed_positions"].long()
+        prompt = list(inputs.prompt) or [PLACEHOLDER_ID] * (int(every.max()) + 1)   # profiling: no prompt
+        ranges, last_end = [], 0
+        for i in range(items.get_count()):
+            positions = torch.as_tensor(items.get(i)["embed_positions"]).long().reshape(-1)
+            start, end = int(positions.min()), int(positions.max()) + 1
+            if end > len(prompt):
+                raise ValueError(f"embed_positions reach {end - 1} in a prompt of {len(prompt)} tokens")
+            if start < last_end:
+                raise ValueError("the items' placeholder ranges overlap or are out of order")
+            is_embed = torch.zeros(end - start, dtype=torch.bool)
+            is_embed[positions - start] = True
+            ranges.append(PlaceholderRange(offset=start, length=end - start, is_embed=is_embed))
+            last_end = end
         mm_kwargs = MultiModalKwargsItems.from_hf_inputs(BatchFeature(data), _fields(data))
         mm_hashes = inputs.get_mm_hashes(self.info.model_id, self.info.ctx.get_mm_config().mm_hasher_algorithm)
-        ranges = {"image": [PlaceholderRange(offset=start, length=end - start, is_embed=is_embed)]}
-        return mm_input(prompt_token_ids=prompt, mm_kwargs=mm_kwargs, mm_hashes=mm_hashes, mm_placeholders=ranges)
+        return mm_input(prompt_token_ids=prompt, mm_kwargs=mm_kwargs, mm_hashes=mm_hashes,
+                        mm_placeholders={"image": ranges})
+
+
+def _per_item(value, counts: List[int]) -> List[torch.Tensor]:
+    """A flat field as vLLM hands it to the model (concatenated over the scheduled items, or already a list of them)
+    split per item."""
+    if isinstance(value, (list, tuple)):
+        return [torch.as_tensor(v) for v in value]
+    return list(torch.split(value, counts))
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
@@ -163,13 +221,32 @@ class RGPTLlamaMultiModal(nn.Module, SupportsMultiModal):
         return self.language_model
 
     def embed_multimodal(self, **kwargs) -> List[torch.Tensor]:
-        # one entry per scheduled item (vLLM stacks a field whose items have equal shapes, lists it otherwise)
-        pixels, masks, rows = (list(kwargs[name]) for name in ("pixel_values", "region_masks", "embed_rows"))
+        # one entry per scheduled item; the items of one image (a request's image and regions items) are encoded
+        # together, once
+        pixels = [p.reshape(p.shape[-3:]) for p in kwargs["pixel_values"]]
+        region_counts = [int(c) for c in torch.as_tensor(kwargs["region_counts"]).reshape(-1)]
+        embed_counts = [int(c) for c in torch.as_tensor(kwargs["embed_counts"]).reshape(-1)]
+        masks = _per_item(kwargs["region_masks"], region_counts)
+        rows = _per_item(kwargs["embed_rows"], embed_counts)
         dtype = next(self.vision.get_model().mm_projector.parameters()).dtype
-        images = torch.stack([p.reshape(p.shape[-3:]) for p in pixels]).to(dtype)
-        masks = [m.reshape((-1,) + tuple(m.shape[-2:])).to(dtype) for m in masks]
-        image_tokens, region_tokens = self.vision.encode_images_and_regions(images, masks)
-        return [torch.cat([img, reg])[r.reshape(-1).long()] for img, reg, r in zip(image_tokens, region_tokens, rows)]
+        unique, owner = [], []        # distinct images; each item's image among them
+        for p in pixels:
+            same = next((u for u, q in enumerate(unique) if q.shape == p.shape and torch.equal(q, p)), None)
+            if same is None:
+                unique.append(p)
+                same = len(unique) - 1
+            owner.append(same)
+        shape = next((tuple(m.shape[-2:]) for m in masks if m.numel()), (1, 1))
+        per_image = [[m.reshape((-1,) + tuple(m.shape[-2:])) if m.numel() else m.new_zeros((0,) + shape)
+                      for m, o in zip(masks, owner) if o == u] for u in range(len(unique))]
+        image_tokens, region_tokens = self.vision.encode_images_and_regions(
+            torch.stack(unique).to(dtype), [torch.cat(ms).to(dtype) for ms in per_image])
+        out, used = [], [0] * len(unique)
+        for o, count, r in zip(owner, region_counts, rows):
+            own = region_tokens[o][used[o]:used[o] + count]      # this item's regions among its image's
+            used[o] += count
+            out.append(torch.cat([image_tokens[o], own])[r.reshape(-1).long()])
+        return out
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         if intermediate_tensors is not None:

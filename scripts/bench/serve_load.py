@@ -11,8 +11,9 @@ one region per request (the way a client of a one-mask server has to ask), measu
 ``--engine vllm`` (each with its default ``--limit-concurrency``) on one checkpoint: ``--clients`` concurrent clients,
 each posting one request about 1..``--max-regions`` boxes of the photo (one question naming them all, greedy, exactly
 ``--max-tokens`` tokens); requests/s, p50 / p95 latency, the ratio, and whether the answers are equal. Without
-``--model-path`` the checkpoint is random: LLaMA's tokenizer, the tiny CLIP tower, a Llama of ``--hidden`` x
-``--layers`` (heads of 64, a size vLLM's CPU attention has kernels for). Then (``--batch N``, 0 to skip) the batch
+``--model-path`` the checkpoint is random: LLaMA's tokenizer, a narrow CLIP tower with LLaVA-1.5's geometry
+(``--image-size 336``: 576 image tokens, a 96 x 96 refined map), a Llama of ``--hidden`` x ``--layers`` (heads of 64,
+a size vLLM's CPU attention has kernels for). Then (``--batch N``, 0 to skip) the batch
 command (``python -m rgpt_llava.serve.batch --engine E``) over N such requests in a JSONL: its time from the model
 loaded to the last answer, requests/s, the ratio, and whether the two answer files are equal.
 
@@ -231,7 +232,7 @@ def compare_engines(args) -> int:
     load_before = os.getloadavg()[0]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model_path or build_vllm_checkpoint(Path(tmp), args.hidden, args.layers)
+        model = args.model_path or build_vllm_checkpoint(Path(tmp), args.hidden, args.layers, args.image_size)
         url = photo_url()
         bodies = engine_bodies(url, args.clients[0], args.max_regions, args.max_tokens)
         for engine in args.engines:
@@ -252,7 +253,8 @@ def compare_engines(args) -> int:
         batch = compare_batch(args, model, Path(tmp)) if args.batch else {}
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     result = {"batch": batch, "clients": args.clients[0], "max_regions": args.max_regions, "max_tokens": args.max_tokens,
-              "hidden": args.hidden, "layers": args.layers, "model_path": args.model_path, "cores": os.cpu_count(),
+              "hidden": args.hidden, "layers": args.layers, "image_size": args.image_size, "model_path": args.model_path,
+              "cores": os.cpu_count(),
               "load_average_before_after": load,
               "engines": {e: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "answers"}
                           for e, r in rows.items()}}
@@ -287,6 +289,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=500, help="--engines: requests of the batch command's run (0: none)")
     ap.add_argument("--hidden", type=int, default=256, help="--engines: the random checkpoint's LLM width")
     ap.add_argument("--layers", type=int, default=4, help="--engines: the random checkpoint's LLM depth")
+    ap.add_argument("--image-size", type=int, default=336,
+                    help="--engines: the random tower's input side (336: LLaVA-1.5's 576 image tokens)")
     args = ap.parse_args(argv)
     if args.engines:
         if "--clients" not in (argv if argv is not None else sys.argv):

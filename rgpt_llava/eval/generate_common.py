@@ -21,7 +21,7 @@ import sys
 from collections import OrderedDict
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -257,6 +257,34 @@ def answer(engine: RegionEngine, job: Job, batch_size: int, naive: bool = False)
         outs = generation.generate_same_image(model, job.image, job.prompts, job.masks, job.max_new_tokens,
                                               tokenizer.eos_token_id, batch_size)
     return [decode(tokenizer, o) for o in outs]
+
+
+def add_sampling_args(ap: argparse.ArgumentParser, seed: int, authors: str) -> None:
+    """``--temperature`` (0, the default: greedy), ``--top-p``, ``--seed``: a benchmark's own sampling as an option
+    (``authors``: how its authors ran it, for the help)."""
+    ap.add_argument("--temperature", type=float, default=0.0, help=f"0: greedy (default); {authors}")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=seed, help="sampling seed of every question")
+
+
+def sampling_of(args) -> Sampling:
+    """The flags of :func:`add_sampling_args`, checked before the model loads (a :func:`fail` naming them)."""
+    if not args.temperature >= 0 or not 0 < args.top_p <= 1:
+        fail(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    if args.temperature > 0 and args.naive:
+        fail("--naive decodes greedily only; leave out --naive or --temperature")
+    return Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    seed=args.seed)
+
+
+def answer_questions(engine: RegionEngine, image, asked: Sequence[Question], args, sampling: Sampling) -> List[str]:
+    """Answers of one image's questions: greedy, as one job (:func:`answer`: batched, the shared prefix once);
+    sampled, one job per question, so that its seed alone decides its answer, whatever the chunk, the resume point or
+    the batch size."""
+    if sampling.temperature == 0:
+        return answer(engine, prepare(engine, image, asked, args.max_new_tokens), args.batch_size, args.naive)
+    return [engine.answer(replace(prepare(engine, image, [q], args.max_new_tokens), sampling=sampling))[0].strip()
+            for q in asked]
 
 
 def group_by(items: Iterable[dict], key) -> "OrderedDict[Any, List[dict]]":

@@ -18,15 +18,13 @@ chunking or on a resume. ``--max-new-tokens`` defaults to DAM's 512.
 Answers (JSONL): ``{"question_id": <annotation id>, "text", "image"}``.
 """
 import argparse
-import dataclasses
 from typing import List
 
 from rgpt_llava.data.instructions import fill, load_pools
 from rgpt_llava.eval.common import read_json
-from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, answer, by_image, check_run_args,
-                                             conv_prompt, fail, get_chunk, load_engine, load_image, log, prepare,
-                                             question, run_main)
-from rgpt_llava.serve.engine import Sampling
+from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, add_sampling_args, answer_questions,
+                                             by_image, check_run_args, conv_prompt, fail, get_chunk, load_engine,
+                                             load_image, log, question, run_main, sampling_of)
 
 DEFAULT_PROMPT = fill(load_pools().prompts["detailed_description"][0], ["<region1>"])   # Table 22, first prompt
 DAM_MAX_NEW_TOKENS = 512        # get_model_outputs.py
@@ -70,22 +68,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--annotation-file", required=True, help="DLC-Bench annotations.json (COCO-style, masks)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="question with <region1>")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); DAM samples at 0.2")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=123, help="sampling seed of every question (DAM's 123)")
+    add_sampling_args(ap, seed=123, authors="DAM samples at 0.2 (seed 123)")
     add_common_args(ap)
     ap.set_defaults(max_new_tokens=DAM_MAX_NEW_TOKENS)
     args = ap.parse_args(argv)
     check_run_args(ap, args)
     if "<region1>" not in args.prompt:
         fail(f"--prompt must name the region as <region1>: {args.prompt!r}")
-    if not args.temperature >= 0 or not 0 < args.top_p <= 1:
-        fail(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
+    sampling = sampling_of(args)
     qs = get_chunk(read_regions(args.annotation_file), args.num_chunks, args.chunk_idx)
     engine = load_engine(args)
     prompt = conv_prompt([(args.prompt, None)], args.conv_mode)
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                        seed=args.seed)
     with AnswerWriter(args.answers_file) as w:
         for name, group in by_image(qs, lambda q: q["image"], "descriptions"):
             todo = [q for q in group if not w.is_done(q["question_id"])]
@@ -94,12 +87,7 @@ def main(argv=None):
             img = load_image(args.image_folder, name, todo[0]["_where"])
             asked = [question(args, img, prompt, [{"segmentation": q["segmentation"]}], q["_where"], engine.aspect)
                      for q in todo]
-            if args.temperature == 0:
-                texts = answer(engine, prepare(engine, img, asked, args.max_new_tokens), args.batch_size,
-                               args.naive)
-            else:   # one job per question: its seed alone decides its answer
-                texts = [engine.answer(dataclasses.replace(prepare(engine, img, [a], args.max_new_tokens),
-                                                           sampling=sampling))[0].strip() for a in asked]
+            texts = answer_questions(engine, img, asked, args, sampling)
             for q, text in zip(todo, texts):
                 w.write({"question_id": q["question_id"], "text": text, "image": name})
         log(f"{w.num_written} answers written to {args.answers_file}")

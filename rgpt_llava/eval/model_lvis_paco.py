@@ -16,16 +16,14 @@ chunk is checked before the model loads: a malformed annotation (bad polygon or 
 empty, a missing category) fails naming the image and the region.
 """
 import argparse
-import dataclasses
 from typing import Dict
 
 from rgpt_llava.eval.common import EvalInputError
-from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, answer, by_image, check_run_args,
-                                             conv_prompt, fail, get_chunk, load_engine, load_image, log, prepare,
-                                             question, run_main)
+from rgpt_llava.eval.generate_common import (AnswerWriter, add_common_args, add_sampling_args, answer_questions,
+                                             by_image, check_run_args, conv_prompt, fail, get_chunk, load_engine,
+                                             load_image, log, question, run_main, sampling_of)
 from rgpt_llava.eval.lvis_paco import QUESTION, read_benchmark
 from rgpt_llava.regions.kinds import parse_region
-from rgpt_llava.serve.engine import Sampling
 
 
 def region_specs(regions) -> Dict[str, dict]:
@@ -48,18 +46,13 @@ def main(argv=None):
     ap.add_argument("--question-file", "--annotation-file", dest="question_file", required=True,
                     help="Osprey's benchmark JSON (lvis_val_1k_category.json, paco_val_1k_category.json)")
     ap.add_argument("--prompt", default=QUESTION, help="question with <region1> (default: Osprey's)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); Osprey samples at 0.2")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0, help="sampling seed of every question")
+    add_sampling_args(ap, seed=0, authors="Osprey samples at 0.2")
     add_common_args(ap)
     args = ap.parse_args(argv)
     check_run_args(ap, args)
     if "<region1>" not in args.prompt:
         fail(f"--prompt must hold the placeholder <region1>, got {args.prompt!r}")
-    if not args.temperature >= 0 or not 0 < args.top_p <= 1:
-        fail(f"--temperature must be >= 0 and --top-p in (0, 1], got {args.temperature} and {args.top_p}")
-    if args.temperature > 0 and args.naive:
-        fail("--naive decodes greedily only; leave out --naive or --temperature")
+    sampling = sampling_of(args)
     try:
         regions = read_benchmark(args.question_file, "question file")
     except EvalInputError as e:
@@ -68,8 +61,6 @@ def main(argv=None):
     specs = region_specs(regions)
     engine = load_engine(args)
     prompt = conv_prompt([(args.prompt, None)], args.conv_mode)
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                        seed=args.seed)
     with AnswerWriter(args.answers_file) as w:
         for _, group in by_image(regions, lambda r: r.image_index, "lvis/paco"):
             todo = [r for r in group if not w.is_done(r.question_id)]
@@ -82,12 +73,7 @@ def main(argv=None):
                 fail(f"{first.image_where}: the image file is {img.size[0]}x{img.size[1]}, the "
                      f"benchmark says width {first.width}, height {first.height}")
             asked = [question(args, img, prompt, [specs[r.question_id]], r.where, engine.aspect) for r in todo]
-            if args.temperature == 0:
-                texts = answer(engine, prepare(engine, img, asked, args.max_new_tokens), args.batch_size, args.naive)
-            else:   # one job per question (as model_dlc_bench): its seed alone decides its answer, whatever the
-                # chunk, the resume point or the batch size
-                texts = [engine.answer(dataclasses.replace(prepare(engine, img, [a], args.max_new_tokens),
-                                                           sampling=sampling))[0].strip() for a in asked]
+            texts = answer_questions(engine, img, asked, args, sampling)
             for r, text in zip(todo, texts):
                 w.write({"question_id": r.question_id, "text": text, "file_name": r.file_name,
                          "category": r.category})

@@ -79,8 +79,9 @@ def tiny_llama(vocab_size, tied, num_layers=3, seed=0):
     return model
 
 
-def write_gguf(path, model, tokens, merges, arch="llama", add_bos=False):
-    """``model`` as llama.cpp's convert_hf_to_gguf.py writes it: its names, q/k permuted, F32, metadata."""
+def write_gguf(path, model, tokens, merges, arch="llama", add_bos=False, q8_embeddings=False):
+    """``model`` as llama.cpp's convert_hf_to_gguf.py writes it: its names, q/k permuted, F32 (the embeddings Q8_0
+    with ``q8_embeddings``, as in SmolLM2's file), metadata."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -120,7 +121,11 @@ def write_gguf(path, model, tokens, merges, arch="llama", add_bos=False):
         else:
             gname = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                      "lm_head.weight": "output.weight"}[name]
-        w.add_tensor(gname, np.ascontiguousarray(a))
+        if q8_embeddings and gname == "token_embd.weight":
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(gname, gguf.quants.quantize(np.ascontiguousarray(a), q8), raw_dtype=q8)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(a))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -169,6 +174,9 @@ def test_round_trip_weights_logits_and_tokens(tmp_path, bpe, tied):
         assert raw.pre_tokenizer.pre_tokenize_str(text) == tok.pre_tokenizer.pre_tokenize_str(text), text
         assert back_tok.decode(back_tok(text)["input_ids"]) == text
     assert back_tok.convert_tokens_to_ids("<|im_end|>") == 2 and back_tok.eos_token == "<|im_end|>"
+    from rgpt_llava.tokenization import load_tokenizer
+    rgpt_tok = load_tokenizer(str(out))  # the project's loader (SentencePiece-first on 5.x) takes it as it is
+    assert [rgpt_tok(t)["input_ids"] for t in TEXTS] == [tok.encode(t).ids for t in TEXTS]
     chat = back_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
@@ -185,6 +193,24 @@ def test_num_layers_keeps_the_first_blocks_and_add_bos(tmp_path, bpe):
     ids = tok.encode(TEXTS[1]).ids
     torch.testing.assert_close(logits(back, ids), logits(model, ids), rtol=0, atol=1e-6)
     assert back_tok(TEXTS[1])["input_ids"] == [1] + ids  # tokenizer.ggml.add_bos_token honoured
+
+
+def test_quantized_tensors_are_dequantized_or_refused(tmp_path, bpe, capsys, monkeypatch):
+    _, tokens, merges = bpe
+    model = tiny_llama(len(tokens), tied=True, num_layers=1)
+    path = write_gguf(tmp_path / "q8.gguf", model, tokens, merges, q8_embeddings=True)
+    back, _ = load(convert(path, tmp_path / "hf"))
+    emb = model.model.embed_tokens.weight.detach().numpy()
+    want = gguf.quants.dequantize(gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0),
+                                  gguf.GGMLQuantizationType.Q8_0)
+    assert torch.equal(back.model.embed_tokens.weight, torch.from_numpy(want))
+    assert not torch.equal(back.model.embed_tokens.weight, model.model.embed_tokens.weight)  # it was quantized
+
+    def refuse(data, qtype):
+        raise NotImplementedError(f"Dequantization for {qtype.name} is not yet implemented")
+    monkeypatch.setattr(gguf.quants, "dequantize", refuse)  # as for a type the gguf package cannot dequantize
+    code, err = run_main(capsys, "--gguf", path, "--output", tmp_path / "refused")
+    assert code == 2 and str(path) in err and "tensor token_embd.weight has quantization type Q8_0" in err
 
 
 def run_main(capsys, *argv):

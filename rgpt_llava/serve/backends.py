@@ -51,6 +51,12 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: Dict[int, int] = field(default_factory=dict)
 
+    def record(self, deltas) -> List["Event"]:
+        """The engine's :class:`~rgpt_llava.serve.engine.Delta` s of one step as events, their token counts kept."""
+        for d in deltas:
+            self.completion_tokens[d.index] = d.completion_tokens
+        return [Event(d.index, d.text, d.finish_reason) for d in deltas]
+
     def body(self) -> dict:
         c = sum(self.completion_tokens.values())
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": c, "total_tokens": self.prompt_tokens + c}
@@ -130,9 +136,7 @@ class LocalBackend:
 
         def events():
             for deltas in self.engine.generate(job, stream=req.stream):
-                for d in deltas:
-                    usage.completion_tokens[d.index] = d.completion_tokens
-                yield [Event(d.index, d.text, d.finish_reason) for d in deltas]
+                yield usage.record(deltas)
         return events(), usage
 
 
@@ -166,9 +170,7 @@ class VLLMBackend(LocalBackend):
         from vllm.v1.engine.exceptions import EngineDeadError
         try:
             async for deltas in self.engine.agenerate(job):
-                for d in deltas:
-                    usage.completion_tokens[d.index] = d.completion_tokens
-                yield [Event(d.index, d.text, d.finish_reason) for d in deltas]
+                yield usage.record(deltas)
         except EngineDeadError as e:
             yield [Event(0, "", None, error=ENGINE_STOPPED.format(type(e).__name__), status=503)]
 

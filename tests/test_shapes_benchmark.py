@@ -17,6 +17,23 @@ def test_presets_and_overrides():
     args = SB.parse_args(["--out", "x", "--preset", "ci", "--stage2-steps", "7", "--models", "all"])
     assert args.stage2_steps == 7 and args.n_train == SB.PRESETS["ci"]["n_train"]
     assert args.model_names == ["rgpt", "rgpt-none", "llava-text"]
+    assert (args.batch_size, args.stage1_lr, args.stage2_lr, args.merge_size, args.version) == (16, 1e-3, 1e-3, None,
+                                                                                               "v1")
+
+
+def test_the_smollm2_preset_and_its_llm():
+    args = SB.parse_args(["--out", "x", "--preset", "smollm2"])
+    assert (args.llm, args.llm_name, args.llm_layers, args.llm_hidden, args.version) == \
+        ("smollm2", "smollm2_12layers", 12, 576, "smollm2")
+    assert (args.batch_size, args.stage2_lr, args.stage2_projector_lr, args.merge_size, args.rec_turns) == \
+        (8, 2e-4, 1e-3, [4, 4], 4)
+    # flags beat the preset; all 30 blocks are the plain "smollm2"; the preset's depth is not another LLM's
+    args = SB.parse_args(["--out", "x", "--preset", "smollm2", "--llm-layers", "30", "--batch-size", "4"])
+    assert (args.llm_name, args.batch_size) == ("smollm2", 4)
+    args = SB.parse_args(["--out", "x", "--preset", "smollm2", "--llm", "random"])
+    assert (args.llm_layers, args.version, args.merge_size) == (SB.LLM["num_layers"], "v1", [4, 4])
+    args = SB.parse_args(["--out", "x", "--llm", "smollm2"])  # another preset: SmolLM2 whole
+    assert (args.llm_layers, args.preset, args.batch_size) == (30, "demo", 16)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -27,6 +44,8 @@ def test_presets_and_overrides():
     (["--merge-size", "0", "4"], "--merge-size must be positive"),
     (["--tower", "/nonexistent/tower"], "--tower /nonexistent/tower: not a CLIPVisionModel folder"),
     (["--tower-seconds", "-1"], "--tower-seconds must be >= 0"),
+    (["--llm", "smollm2", "--llm-layers", "31"], "--llm-layers 31: SmolLM2-135M has 30 blocks"),
+    (["--llm", "smollm2", "--llm-init-std", "0.02"], "--llm-init-std shapes a random LLM; --llm smollm2 starts"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -137,7 +156,7 @@ def test_llm_choice_is_named_and_checked(tmp_path, capsys):
     args = SB.parse_args(["--out", "x", "--llm", str(llm)])
     assert (args.llm_layers, args.llm_hidden) == (3, 64) and args.llm_name == "custom_" + SB.weights_id(llm)
     for argv, message in [
-        (["--llm", str(tmp_path / "nowhere")], "not a Llama folder with its tokenizer (config.json, tokenizer.model"),
+        (["--llm", str(tmp_path / "nowhere")], "not a Llama folder with its tokenizer (config.json, tokenizer.model or"),
         (["--llm", str(fake_llm(tmp_path / "clip", model_type="clip_vision_model"))], "model_type is 'clip_vision_model'"),
         (["--llm", str(llm), "--llm-layers", "4"], "--llm-layers shapes a random LLM; with --llm DIR the folder's"),
         (["--llm", str(llm), "--llm-init-std", "0.05"], "--llm-init-std shapes a random LLM; with --llm DIR"),

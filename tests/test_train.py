@@ -430,3 +430,20 @@ def test_training_order_is_the_seed_and_epochs_alone(env, tiny_tokenizer_dir, rg
                                                                         report_to="none", use_cpu=True), **module)
     sampler = trainer.get_train_dataloader().batch_sampler.sampler
     assert isinstance(sampler, SeededShuffle) and (sampler.seed, sampler.size) == (7, 2)
+
+
+def test_mm_projector_lr_applies_to_the_refiner(tmp_path, tiny_tokenizer_dir, rgpt_model, env):
+    from rgpt_llava.train.arguments import RGPTTrainingArguments
+    from rgpt_llava.train.trainer import RGPTTrainer
+    _, module = make_dataset(env, tiny_tokenizer_dir, env.good)
+    args = RGPTTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, mm_projector_lr=1e-3,
+                                 report_to="none", use_cpu=True)
+    optimizer = RGPTTrainer(model=rgpt_model, args=args, **module).create_optimizer()
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(rgpt_model.named_parameters())
+    trained = {n for n, p in names.items() if p.requires_grad}
+    assert {id(names[n]) for n in trained} == set(lr_of)   # every trained parameter once
+    for n in trained:
+        region = "mm_projector" in n or "mm_refiner" in n
+        assert lr_of[id(names[n])] == (1e-3 if region else 1e-4), n
+    assert any("mm_refiner" in n for n in trained) and any("layers" in n for n in trained)

@@ -6,7 +6,7 @@
 * LLaVA's sharding (``--num-chunks N --chunk-idx K``: :func:`get_chunk`, as ``llava/eval/model_vqa_loader.py``);
 * a resumable JSONL answers writer (:class:`AnswerWriter`): ids already in the file are skipped, every answer is
   flushed as soon as it is written, a line cut by a crash at the end of the file is dropped and regenerated;
-* prompts with ``conv_templates[--conv-mode]`` (default ``vicuna_v1``).
+* prompts with ``conv_templates[--conv-mode]`` (default: the checkpoint's ``conv_mode``, else ``vicuna_v1``).
 
 The generation itself -- the image encoded once, the shared prefix's KV cache reused, the prompts decoded as a batch
 -- is :mod:`rgpt_llava.generation` (:func:`answer`; ``--naive``: its ``model.generate`` reference path).
@@ -27,7 +27,7 @@ import torch
 
 from rgpt_llava import generation
 from rgpt_llava.eval.common import EvalInputError, id_key, read_rows
-from rgpt_llava.prompt import DEFAULT_CONV_MODE, check_conv_mode, question_answer_prompt
+from rgpt_llava.prompt import DEFAULT_CONV_MODE, check_conv_mode, question_answer_prompt, resolve_conv_mode
 from rgpt_llava.regions.kinds import parse_region
 from rgpt_llava.regions.region import Region
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling
@@ -135,7 +135,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-base", default=None)
     ap.add_argument("--image-folder", required=True)
     ap.add_argument("--answers-file", required=True)
-    ap.add_argument("--conv-mode", default=DEFAULT_CONV_MODE)
+    ap.add_argument("--conv-mode", default=None,
+                    help="conversation template (default: the checkpoint's own, its config.json's conv_mode; "
+                         f"{DEFAULT_CONV_MODE} when it names none)")
     ap.add_argument("--num-chunks", type=int, default=1)
     ap.add_argument("--chunk-idx", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (per image)")
@@ -153,6 +155,7 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 def check_run_args(parser: argparse.ArgumentParser, args) -> None:
     """The chunk, and an answers file that is none of the files read (a question file taken as answers would look
     finished: every question_id 'done', nothing generated)."""
+    args.conv_mode = resolve_conv_mode(args.conv_mode, args.model_path)
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         fail(f"--chunk-idx {args.chunk_idx} must be in 0..{args.num_chunks - 1} (--num-chunks {args.num_chunks})")
     clash = args_output_clash(parser, args, ("answers_file",))

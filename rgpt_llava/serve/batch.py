@@ -60,7 +60,7 @@ from rgpt_llava.regions.kinds import cli_kind
 from rgpt_llava.serve.engine import Job, RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError, load_image_file, parse_regions
 from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_engine_flags, add_model_flags,
-                                      check_at_least_one, load_engine)
+                                      check_at_least_one, load_engine, resolve_conv_mode_flag)
 
 FIELDS = ("id", "image", "regions", "prompt", "max_tokens", "temperature", "top_p")
 
@@ -217,7 +217,7 @@ def check_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         parser.error(f"--chunk-idx {args.chunk_idx} must be in 0..{args.num_chunks - 1} (--num-chunks "
                      f"{args.num_chunks})")
     try:
-        check_conv_mode(args.conv_mode)
+        check_conv_mode(resolve_conv_mode_flag(args))
     except ValueError as e:
         parser.error(f"--conv-mode {e}")
     try:

@@ -16,7 +16,8 @@ from rgpt_llava.prompt import check_conv_mode, question_answer_prompt, roles
 from rgpt_llava.regions.kinds import cli_help, needs_sam
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 from rgpt_llava.serve.inputs import load_image_file, parse_regions
-from rgpt_llava.serve.options import StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam
+from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam,
+                                      resolve_conv_mode_flag)
 
 
 def describe_regions(regions):
@@ -69,6 +70,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    resolve_conv_mode_flag(args)
     try:
         # EXIF orientation applied: a region drawn on a phone photo lands where the viewer showed it.
         image = load_image_file(args.image_file).convert("RGB")

@@ -25,7 +25,8 @@ from rgpt_llava.regions.rasterize import full_mask
 from rgpt_llava.regions.region import Region
 from rgpt_llava.serve.engine import RegionEngine, Sampling
 from rgpt_llava.serve.inputs import InputError, load_image_file, parse_regions
-from rgpt_llava.serve.options import StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam
+from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_model_flags, load_engine, load_sam,
+                                      resolve_conv_mode_flag)
 from rgpt_llava.serve.palette import rgb_colour
 
 DEFAULT_PROMPT = "Provide a brief caption for the area indicated by <region1>."   # Table 21, as the caption eval
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     from rgpt_llava.serve.options import check_at_least_one
     p = build_parser()
     args = parse_args_checked(p, argv, outputs=("out", "png"))
+    resolve_conv_mode_flag(args)
     check_at_least_one(p, args, "max_regions", "max_new_tokens", "batch_size", "points_per_side")
     if not args.regions and not args.sam_model:
         p.error("give the regions: --sam-model PATH (SAM proposes them) or --regions FILE.json")

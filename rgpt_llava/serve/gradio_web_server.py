@@ -35,7 +35,7 @@ from rgpt_llava.serve.chat import APIError
 from rgpt_llava.serve.describe import DEFAULT_PROMPT
 from rgpt_llava.serve.inputs import MAX_REGIONS
 from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_model_flags, add_server_flags,
-                                      check_listen_address)
+                                      check_listen_address, resolve_conv_mode_flag)
 from rgpt_llava.serve.page import SKIP, Board, Choices, Page, PageError, Shown, photo_in_editor
 from rgpt_llava.serve.palette import HEX
 
@@ -288,6 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--examples", nargs="*", default=[], help="example photos: image files or folders of them")
     p.add_argument("--title", default="RegionGPT")
     args = p.parse_args(argv)
+    resolve_conv_mode_flag(args)
     examples = []
     for item in args.examples:
         path = Path(item)

@@ -46,7 +46,7 @@ from rgpt_llava.serve.engine import iterate_on, run_on
 from rgpt_llava.serve.inputs import MAX_REGIONS
 from rgpt_llava.serve.options import (StartupError, add_conv_mode_flag, add_engine_flags, add_model_flags,
                                       add_server_flags, check_at_least_one, check_listen_address,
-                                      serve_until_unhealthy)
+                                      resolve_conv_mode_flag, serve_until_unhealthy)
 
 
 def error_response(e: APIError) -> JSONResponse:
@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-concurrency", type=int, default=None,
                    help="requests generating at once; others queue (default 5; 256 with --engine vllm)")
     args = p.parse_args(argv)
+    resolve_conv_mode_flag(args)
     if args.limit_concurrency is None:
         args.limit_concurrency = 256 if args.engine == "vllm" else 5
     check_at_least_one(p, args, "max_regions", "limit_concurrency")

@@ -80,8 +80,18 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_conv_mode_flag(parser: argparse.ArgumentParser) -> None:
-    """``--conv-mode``: the entries that build the prompt themselves (not the worker, whose clients send it built)."""
-    parser.add_argument("--conv-mode", default="vicuna_v1", help="LLaVA's conversation template (default vicuna_v1)")
+    """``--conv-mode``: the entries that build the prompt themselves (not the worker, whose clients send it built);
+    left out, the checkpoint's own template (:func:`resolve_conv_mode_flag`)."""
+    parser.add_argument("--conv-mode", default=None,
+                        help="LLaVA's conversation template (default: the one the checkpoint was trained with, its "
+                             "config.json's conv_mode; vicuna_v1 when it names none)")
+
+
+def resolve_conv_mode_flag(args: argparse.Namespace) -> str:
+    """``args.conv_mode`` filled in from the checkpoint (``--model-path``) when the flag was left out."""
+    from rgpt_llava.prompt import resolve_conv_mode
+    args.conv_mode = resolve_conv_mode(args.conv_mode, getattr(args, "model_path", None))
+    return args.conv_mode
 
 
 def check_at_least_one(parser: argparse.ArgumentParser, args: argparse.Namespace, *dests: str) -> None:

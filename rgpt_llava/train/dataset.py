@@ -59,14 +59,55 @@ def region_aware_llava_preprocess():
 
 def tokenize_conversation(sample: Dict, tokenizer, data_args) -> Tuple[torch.Tensor, torch.Tensor]:
     """A sample's ``input_ids`` and ``labels`` (instructions masked): LLaVA's ``preprocess_multimodal`` and
-    ``preprocess`` with the conversation template LLaVA's ``train()`` set, region placeholders as sentinels."""
+    ``preprocess`` with the conversation template LLaVA's ``train()`` set, region placeholders as sentinels; a ChatML
+    template (which LLaVA's ``preprocess`` has no branch for) through :func:`tokenize_chatml`."""
     has_image = "image" in sample
     sources = copy.deepcopy([sample["conversations"]])
     if has_image:
         sources = llava_train.preprocess_multimodal(sources, data_args)
+    conv = llava_train.conversation_lib.default_conversation
+    if conv.version == "chatml":
+        return tokenize_chatml(sources[0], tokenizer, conv)
     with region_aware_llava_preprocess():
         data = llava_train.preprocess(sources, tokenizer, has_image=has_image)
     return data["input_ids"][0], data["labels"][0]
+
+
+def tokenize_chatml(turns: List[Dict], tokenizer, template) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``labels`` of one conversation in a ChatML template: the ids are exactly what inference
+    tokenises for the same text (``tokenizer_region_token`` of the whole prompt); each answer and the
+    ``<|im_end|>\\n`` that closes it are supervised (the LLM learns to stop), everything else is masked.
+
+    An answer's token span is found by tokenising the text up to its start and up to its end: a prefix whose ids are
+    not the start of the whole text's ids (a BPE merge across the boundary) raises SampleError, so labels never
+    drift from the text they supervise.
+    """
+    conv = template.copy()
+    conv.messages = []
+    if turns and turns[0]["from"] != "human":
+        turns = turns[1:]  # LLaVA's convention: a conversation starts with the human
+    spans, text = [], conv.system + conv.sep
+    for j, turn in enumerate(turns):
+        role = conv.roles[j % 2]
+        if turn["from"] != ("human" if j % 2 == 0 else "gpt"):
+            raise SampleError(f"turn {j + 1} is from {turn['from']!r}; turns must alternate human, gpt")
+        conv.append_message(role, turn["value"])
+        start = len(text) + len(role)
+        text += role + turn["value"] + conv.sep
+        if j % 2 == 1:
+            spans.append((start, len(text)))
+    if text != conv.get_prompt():
+        raise SampleError("the ChatML text does not match the template's rendering")  # a template changed under us
+    input_ids = tokenizer_region_token(text, tokenizer)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for start, end in spans:
+        head, upto = (tokenizer_region_token(text[:cut], tokenizer) for cut in (start, end))
+        first, stop = len(head), len(upto)
+        if input_ids[:stop] != upto or upto[:first] != head:
+            raise SampleError(f"tokenization mismatch at the answer {text[start:end]!r}: the tokenizer merges "
+                              f"across its boundary")
+        labels[first:stop] = input_ids[first:stop]
+    return torch.tensor(input_ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
 def load_samples(data_path: str) -> List[Dict]:

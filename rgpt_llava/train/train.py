@@ -26,6 +26,7 @@ import llava.train.train as llava_train
 from rgpt_llava.constants import STAGE1_FILE
 from rgpt_llava.model.language_model.rgpt_llama import RGPTLlamaForCausalLM
 from rgpt_llava.model.quantize import KEEP_UNQUANTIZED, quantize_linear_layers_
+from rgpt_llava.prompt import CONV_MODE_FIELD, DEFAULT_CONV_MODE, conv_templates
 from rgpt_llava.train.arguments import RGPTDataArguments, RGPTModelArguments, RGPTTrainingArguments
 from rgpt_llava.train.dataset import make_region_data_module, summarize_skips
 from rgpt_llava.train.trainer import RGPTTrainer, maybe_zero_3, region_module_state
@@ -77,6 +78,17 @@ def safe_save_model_for_hf_trainer(trainer, output_dir: str):
     _llava_safe_save(trainer=trainer, output_dir=output_dir)
 
 
+def record_conv_mode(config, version: str) -> None:
+    """The checkpoint names its conversation template in config.json (``conv_mode``), so the CLI, the servers and
+    the evaluation prompt it as it was trained without being told. LLaVA's train() uses vicuna_v1 for an unknown
+    --version; "plain" (projector pretraining, no chat) is not recorded: such checkpoints are served as vicuna_v1."""
+    from llava.conversation import SeparatorStyle
+    templates = conv_templates()
+    name = version if version in templates else DEFAULT_CONV_MODE
+    if templates[name].sep_style != SeparatorStyle.PLAIN:
+        setattr(config, CONV_MODE_FIELD, name)
+
+
 class TrainingRun:
     """One call of LLaVA's ``train()`` with RGPT's parts bound into its module.
 
@@ -86,8 +98,9 @@ class TrainingRun:
     run, not on a class: two runs in one process never see each other's.
     """
 
-    def __init__(self, seed: int = 42):
+    def __init__(self, seed: int = 42, version: str = "v1"):
         self.seed = seed
+        self.version = version
         self.model = None
         self.trainer = None
 
@@ -100,6 +113,8 @@ class TrainingRun:
         return self.model
 
     def _make_data_module(self, tokenizer, data_args):
+        if self.model is not None:
+            record_conv_mode(self.model.config, self.version)
         return make_data_module(tokenizer, data_args, model=self.model)
 
     def _make_trainer(self, *args, **kwargs):
@@ -230,7 +245,8 @@ def train(attn_implementation=None):
     start_single_process_group(training_args)
     if os.environ.get("RANK", "0") == "0":  # once, not once per process
         print(f"attention: {attn_implementation} ({why})", flush=True)
-    run = TrainingRun(seed=training_args.seed)
+    conv_templates()  # RGPT's ChatML templates join LLaVA's before its train() looks --version up
+    run = TrainingRun(seed=training_args.seed, version=model_args.version)
     with run.bound():
         llava_train.train(attn_implementation=attn_implementation)
     trainer = run.trainer

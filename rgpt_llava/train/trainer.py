@@ -151,6 +151,21 @@ class RGPTTrainer(LLaVATrainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return SeededShuffle(len(self.train_dataset), seed)
 
+    def create_optimizer(self):
+        """LLaVA's optimizer; with ``--mm_projector_lr`` the refiner joins the projector's groups (LLaVA's trainer
+        picks that rate by the name ``mm_projector``, so the refiner -- the other region module, trained with the
+        projector in both stages -- would otherwise get the LLM's rate)."""
+        optimizer = super().create_optimizer()
+        if self.args.mm_projector_lr is None or len(optimizer.param_groups) != 4:
+            return optimizer
+        refiner = {id(p) for n, p in self.model.named_parameters() if "mm_refiner" in n and p.requires_grad}
+        groups = optimizer.param_groups  # LLaVA's: LLM decay, LLM no decay, projector decay, projector no decay
+        for llm, region in ((0, 2), (1, 3)):
+            moved = [p for p in groups[llm]["params"] if id(p) in refiner]
+            groups[llm]["params"] = [p for p in groups[llm]["params"] if id(p) not in refiner]
+            groups[region]["params"].extend(moved)
+        return optimizer
+
     def floating_point_ops(self, inputs):
         # Only logged. transformers 4.37 cannot count a 4-bit model's parameters without CUDA (its bitsandbytes
         # check wants a GPU), although the model trains fine on the CPU: report 0 there instead of failing.

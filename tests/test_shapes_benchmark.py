@@ -24,7 +24,7 @@ def test_presets_and_overrides():
 def test_the_smollm2_preset_and_its_llm():
     args = SB.parse_args(["--out", "x", "--preset", "smollm2"])
     assert (args.llm, args.llm_name, args.llm_layers, args.llm_hidden, args.version) == \
-        ("smollm2", "smollm2_12layers", 12, 576, "smollm2")
+        ("smollm2", "smollm2_4layers", 4, 576, "smollm2")
     assert (args.batch_size, args.stage2_lr, args.stage2_projector_lr, args.merge_size, args.rec_turns) == \
         (8, 2e-4, 1e-3, [4, 4], 4)
     # flags beat the preset; all 30 blocks are the plain "smollm2"; the preset's depth is not another LLM's

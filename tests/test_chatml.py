@@ -51,6 +51,11 @@ def test_the_templates_render_the_llms_own_chat_format(tok):
     tok.chat_template = SMOLLM2_TEMPLATE
     assert build_prompt(messages, "smollm2") == tok.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
     assert roles("smollm2") == ("user", "assistant") and roles("vicuna_v1") == ("USER", "ASSISTANT")
+    # a system message of the request (the API's) is the text of ChatML's system turn
+    own = [{"role": "system", "content": "Answer briefly."}]
+    for mode in ("chatml", "smollm2"):
+        assert build_prompt(messages, mode, system="Answer briefly.") == tok.apply_chat_template(
+            own + hf, tokenize=False, add_generation_prompt=True)
 
 
 def test_placeholders_are_split_before_bpe(tok):

@@ -1,6 +1,7 @@
 """RegionShapes benchmark: a tiny RegionGPT built from scratch and trained end to end on a CPU.
 
-    python -m rgpt_llava.shapes.benchmark --out runs/shapes [--preset demo|ci|full] [--models rgpt,rgpt-none,llava-text]
+    python -m rgpt_llava.shapes.benchmark --out runs/shapes [--preset demo|ci|full|smollm2] [--llm random|smollm2|DIR]
+        [--models rgpt,rgpt-none,llava-text]
 
 Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md, "Training a tiny RegionGPT"):
 
@@ -8,7 +9,9 @@ Steps (each a project entry point, the same code a real run uses; docs/SHAPES.md
 2. The vision tower: by default the shipped ``shapes/tower`` (a tiny ``CLIPVisionModel`` pretrained with
    image-level phrases only by ``rgpt_llava.shapes.pretrain_tower --shapes``; docs/SHAPES.md, "The vision tower"),
    frozen like RegionGPT's CLIP; ``--tower random`` or a folder instead. A tiny Vicuna-style Llama with random
-   weights; the tokenizer is the real LLaMA one shipped in ``rgpt_llava/assets/llama_tokenizer``.
+   weights; the tokenizer is the real LLaMA one shipped in ``rgpt_llava/assets/llama_tokenizer``. Or, with
+   ``--llm smollm2``, the pretrained SmolLM2-135M-Instruct (GGUF from the package index, its BPE tokenizer, ChatML
+   prompts: ``--version smollm2``); or any Llama folder with its tokenizer (``--llm DIR``).
 3. Optionally (``--tower-seconds``) more image-level pretraining of the tower on the training split, here.
 4. ``rgpt_llava.train.train`` stage 1 (refiner + projector; tower and LLM frozen) then stage 2 (refiner + projector +
    LLM), for each compared model:
@@ -497,7 +500,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True, help="work folder (data, models, results); reruns reuse what is there")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                     help="sizes and budgets: demo (~7 min of training and evaluation on 2 cores), full (~20 min), "
-                         "ci (small, for the test suite)")
+                         "ci (small, for the test suite), smollm2 (SmolLM2-135M as the LLM, ~17 min)")
     ap.add_argument("--models", default="rgpt", help=f"comma-separated, from {', '.join(MODELS)}; 'all' for every one")
     ap.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER),
                     help="tokenizer of the random tiny Llama (default: the LLaMA tokenizer shipped in rgpt_llava/assets)")

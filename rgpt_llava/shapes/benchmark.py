@@ -582,8 +582,8 @@ def parse_args(argv=None):
         args.llm_name = "smollm2" + (f"_{args.llm_layers}layers" if args.llm_layers != SMOLLM2["num_layers"] else "")
     else:
         path = Path(args.llm)
-        missing = [f for f in ("config.json",) if not (path / f).is_file()]
-        if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+        missing = [] if (path / "config.json").is_file() else ["config.json"]
+        if not any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
             missing.append("tokenizer.model or tokenizer.json")
         if missing:
             ap.error(f"--llm {args.llm}: not a Llama folder with its tokenizer ({', '.join(missing)} missing), "
@@ -626,6 +626,9 @@ def parse_args(argv=None):
             ap.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.merge_size and min(args.merge_size) < 1:
         ap.error(f"--merge-size must be positive, got {args.merge_size}")
+    for key in ("stage1_lr", "stage2_lr", "stage2_projector_lr"):
+        if getattr(args, key) is not None and getattr(args, key) <= 0:
+            ap.error(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
     if not 0.0 <= args.region_box_prob <= 1.0:
         ap.error(f"--region-box-prob must be in [0, 1], got {args.region_box_prob}")
     return args
